@@ -1,0 +1,190 @@
+"""The record batch codec: round trips, null vs empty, checksum scope and refusal of bad bytes."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage.record_batch import (
+    HEADER_SIZE,
+    CorruptBatchError,
+    InvalidBatchError,
+    NewRecord,
+    check_batch,
+    check_producer_batch,
+    decode_batches,
+    decode_records,
+    encode_batch,
+    iter_batches,
+    read_header,
+    stamp_prefix,
+)
+
+NOW = 1_764_000_000_000
+
+maybe_bytes = st.one_of(st.none(), st.binary(max_size=40))
+headers = st.lists(st.tuples(st.text(max_size=8), maybe_bytes), max_size=3)
+records = st.lists(
+    st.builds(NewRecord, maybe_bytes, maybe_bytes, st.integers(NOW - 10**6, NOW + 10**6), headers),
+    min_size=1,
+    max_size=20,
+)
+
+
+@given(records)
+@settings(max_examples=200, deadline=None)
+def test_round_trip_keeps_every_field(recs):
+    batch = encode_batch(recs, now_ms=NOW, base_offset=7, leader_epoch=3)
+    header = check_producer_batch(batch)
+    assert header.base_offset == 7
+    assert header.leader_epoch == 3
+    assert header.record_count == len(recs)
+    assert header.last_offset_delta == len(recs) - 1
+    assert header.first_timestamp == recs[0].timestamp_ms
+    assert header.max_timestamp == max(r.timestamp_ms for r in recs)
+    decoded = decode_records(batch)
+    assert [r.offset for r in decoded] == list(range(7, 7 + len(recs)))
+    for original, got in zip(recs, decoded, strict=True):
+        assert got.key == original.key
+        assert got.value == original.value
+        assert got.timestamp_ms == original.timestamp_ms
+        assert list(got.headers) == [tuple(h) for h in original.headers]
+
+
+def test_null_and_empty_are_distinct():
+    batch = encode_batch(
+        [NewRecord(None, None), NewRecord(b"", b""), NewRecord(b"k", None), NewRecord(None, b"")], now_ms=NOW
+    )
+    got = [(r.key, r.value) for r in decode_records(batch)]
+    assert got == [(None, None), (b"", b""), (b"k", None), (None, b"")]
+
+
+def test_missing_timestamps_take_now():
+    batch = encode_batch([NewRecord(b"k", b"v"), NewRecord(b"k", b"w", NOW + 5)], now_ms=NOW)
+    header = read_header(batch)
+    assert header.first_timestamp == NOW
+    assert header.max_timestamp == NOW + 5
+    assert [r.timestamp_ms for r in decode_records(batch)] == [NOW, NOW + 5]
+
+
+def test_stamping_offset_and_epoch_keeps_the_checksum_valid():
+    batch = encode_batch([NewRecord(b"k", b"v")], now_ms=NOW)
+    stamped = stamp_prefix(batch, 123_456, 9) + batch[17:]
+    header = check_batch(stamped)
+    assert (header.base_offset, header.leader_epoch, header.checksum) == (
+        123_456,
+        9,
+        read_header(batch).checksum,
+    )
+
+
+def test_checksum_covers_everything_after_it():
+    batch = bytearray(encode_batch([NewRecord(b"key", b"value", NOW, [("h", b"x")])], now_ms=NOW))
+    for position in range(25, len(batch)):
+        corrupt = bytearray(batch)
+        corrupt[position] ^= 0x01
+        with pytest.raises(InvalidBatchError):
+            check_producer_batch(bytes(corrupt))
+
+
+def test_corrupt_checksum_is_named():
+    batch = bytearray(encode_batch([NewRecord(b"k", b"v")], now_ms=NOW))
+    batch[-1] ^= 0xFF
+    with pytest.raises(CorruptBatchError, match="checksum mismatch"):
+        check_batch(bytes(batch))
+
+
+@pytest.mark.parametrize(
+    ("field_offset", "fmt", "value", "message"),
+    [
+        (16, "<b", 7, "magic"),
+        (8, "<i", 3, "shorter than a batch header"),
+        (8, "<i", 10_000, "runs past"),
+    ],
+)
+def test_impossible_headers_are_refused(field_offset, fmt, value, message):
+    batch = bytearray(encode_batch([NewRecord(b"k", b"v")], now_ms=NOW))
+    struct.pack_into(fmt, batch, field_offset, value)
+    with pytest.raises(InvalidBatchError, match=message):
+        check_batch(bytes(batch))
+
+
+def _rehashed(batch: bytearray) -> bytes:
+    import xxhash
+
+    struct.pack_into("<Q", batch, 17, xxhash.xxh3_64_intdigest(bytes(batch[25:])))
+    return bytes(batch)
+
+
+@pytest.mark.parametrize(
+    ("field_offset", "fmt", "value", "message"),
+    [
+        (25, "<h", 0x40, "reserved attribute"),
+        (25, "<h", 0x01, "compression"),
+        (27, "<i", -1, "last_offset_delta"),
+        (61, "<i", -2, "record_count"),
+        (61, "<i", 5, "exceeds last_offset_delta"),
+        (39, "<q", NOW - 1, "max_timestamp"),
+    ],
+)
+def test_impossible_fields_under_a_valid_checksum_are_refused(field_offset, fmt, value, message):
+    batch = bytearray(encode_batch([NewRecord(b"k", b"v")], now_ms=NOW))
+    struct.pack_into(fmt, batch, field_offset, value)
+    with pytest.raises(InvalidBatchError, match=message):
+        check_producer_batch(_rehashed(batch))
+
+
+def test_record_framing_errors_are_refused_even_with_a_valid_checksum():
+    batch = bytearray(encode_batch([NewRecord(b"k", b"v")], now_ms=NOW))
+    struct.pack_into("<i", batch, HEADER_SIZE + 12, 1000)  # key length past the end
+    with pytest.raises(InvalidBatchError, match="runs past"):
+        check_producer_batch(_rehashed(batch))
+
+
+def test_producer_batches_must_be_dense_and_whole():
+    sparse = encode_batch([NewRecord(b"k", b"v")], now_ms=NOW, offset_deltas=[2], last_offset_delta=2)
+    with pytest.raises(InvalidBatchError, match="dense"):
+        check_producer_batch(sparse)
+    batch = encode_batch([NewRecord(b"k", b"v")], now_ms=NOW)
+    with pytest.raises(InvalidBatchError, match="were given"):
+        check_producer_batch(batch + b"\x00")
+    with pytest.raises(InvalidBatchError):
+        encode_batch([], now_ms=NOW)
+
+
+def test_compacted_batches_keep_offsets_and_may_be_empty():
+    batch = encode_batch(
+        [NewRecord(b"a", b"1", NOW), NewRecord(b"c", b"3", NOW + 2)],
+        now_ms=NOW,
+        base_offset=100,
+        offset_deltas=[0, 2],
+        last_offset_delta=4,
+    )
+    header = check_batch(batch)
+    assert header.last_offset == 104
+    assert [r.offset for r in decode_records(batch)] == [100, 102]
+    empty = encode_batch([], now_ms=NOW, base_offset=100, last_offset_delta=4)
+    assert check_batch(empty).record_count == 0
+    assert decode_records(empty) == []
+
+
+def test_iter_batches_walks_a_run_and_refuses_a_partial_tail():
+    run = b"".join(encode_batch([NewRecord(b"k", b"%d" % i)], now_ms=NOW, base_offset=i) for i in range(5))
+    assert [h.base_offset for h, _ in iter_batches(run)] == [0, 1, 2, 3, 4]
+    assert [r.value for r in decode_batches(run)] == [b"0", b"1", b"2", b"3", b"4"]
+    with pytest.raises(InvalidBatchError):
+        list(iter_batches(run[:-3]))
+
+
+def test_sequence_numbers_wrap_like_kafka():
+    batch = encode_batch(
+        [NewRecord(b"k", b"v"), NewRecord(b"k", b"w")],
+        now_ms=NOW,
+        producer_id=1,
+        producer_epoch=0,
+        base_sequence=2**31 - 1,
+    )
+    assert read_header(batch).last_sequence == 0
