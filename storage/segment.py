@@ -273,14 +273,18 @@ class LogSegment:
     def _scan_headers(self, position: int) -> Iterator[tuple[int, BatchHeader, None]]:
         """Walk batch headers from `position` with one small read per batch (short walks only)."""
         while position < self.size:
-            raw = os.pread(self._fd, HEADER_SIZE, position)
-            try:
-                header = read_header(raw)
-                check_header(header, self.size - position)
-            except InvalidBatchError as exc:
-                raise CorruptLogError(f"{self.log_path} at position {position}: {exc}") from None
+            header = self._header_at(position)
             yield position, header, None
             position += header.size
+
+    def _header_at(self, position: int) -> BatchHeader:
+        """The checked header of the batch at `position`; CorruptLogError if it cannot be one."""
+        try:
+            header = read_header(os.pread(self._fd, HEADER_SIZE, position))
+            check_header(header, self.size - position)
+        except InvalidBatchError as exc:
+            raise CorruptLogError(f"{self.log_path} at position {position}: {exc}") from None
+        return header
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None = None, min_one: bool = True) -> bytes:
         """Whole batches starting with the one holding `offset`, at most `max_bytes` of them (but at least
@@ -300,12 +304,7 @@ class LogSegment:
         """Whole, checksum-verified batches from file position `start` (see `read`)."""
         if start >= self.size:
             return b""
-        raw = os.pread(self._fd, HEADER_SIZE, start)
-        try:
-            first = read_header(raw)
-            check_header(first, self.size - start)
-        except InvalidBatchError as exc:
-            raise CorruptLogError(f"{self.log_path} at position {start}: {exc}") from None
+        first = self._header_at(start)
         if max_offset is not None and first.base_offset >= max_offset:
             return b""
         want = max(max_bytes, first.size) if min_one else max_bytes

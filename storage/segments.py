@@ -24,15 +24,6 @@ class LogSegments:
         insort(self._bases, segment.base_offset)
         self._by_base[segment.base_offset] = segment
 
-    def replace(self, segment: LogSegment) -> LogSegment | None:
-        """Put `segment` in place of the one with the same base offset (cleaner swap)."""
-        old = self._by_base.get(segment.base_offset)
-        if old is None:
-            self.add(segment)
-        else:
-            self._by_base[segment.base_offset] = segment
-        return old
-
     def remove(self, base_offset: int) -> LogSegment:
         segment = self._by_base.pop(base_offset)
         self._bases.remove(base_offset)
