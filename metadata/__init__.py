@@ -1,1 +1,1 @@
-"""Placeholder package: built by a later issue (see docs/roadmap in the README)."""
+"""Cluster metadata: the image, its commands, topic configs and the stores that hold it."""

@@ -1,1 +1,1 @@
-"""Placeholder package: built by a later issue (see docs/roadmap in the README)."""
+"""The Raftka node process: HTTP data plane, replicas, metadata, periodic storage work."""

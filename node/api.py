@@ -1,0 +1,478 @@
+"""The HTTP/JSON data plane (API v1): aiohttp routes as thin adapters over the node's cores.
+
+Each handler parses and checks its input, calls the replica manager or the metadata planner, and
+turns the answer into JSON. Every refusal is an `ApiError` rendered as
+`{"error_code": ..., "message": ...}` by the error middleware, and is raised before anything is
+written: a produce request is checked whole (topic, partitions, leadership, acks, sizes) before its
+first batch is appended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from metadata.commands import (
+    MetadataError,
+    plan_alter_configs,
+    plan_create_partitions,
+    plan_delete_topic,
+)
+from metadata.image import TopicInfo
+from metadata.topic_config import effective_configs
+from node.errors import ApiError
+from node.openapi import openapi_document
+from node.records import parse_produce_body, record_to_json
+from node.replica import FetchResult, Partition
+from raftka.partitioner import partition_for_key
+from storage.record_batch import (
+    InvalidBatchError,
+    NewRecord,
+    check_producer_batch,
+    decode_records,
+    encode_batch,
+    iter_batches,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_CONTENT_TYPE = "application/vnd.raftka.batch"
+JSON_CONTENT_TYPE = "application/json"
+ACKS_VALUES = ("all", "1", "0")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type=JSON_CONTENT_TYPE, headers=headers
+    )
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.body(), status=error.status)
+
+
+# -- query parsing -----------------------------------------------------------------------------------
+
+
+def query_int(request: web.Request, name: str, default: int | None, minimum: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise ApiError(42201, f"query parameter {name} is required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(42201, f"query parameter {name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(42201, f"query parameter {name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def path_partition(request: web.Request) -> int:
+    raw = request.match_info["partition"]
+    if not raw.isdigit() or len(raw) > 9:
+        raise ApiError(42201, f"partition must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def parse_acks(request: web.Request) -> str:
+    acks = request.query.get("acks", "all")
+    if acks == "-1":
+        acks = "all"
+    if acks not in ACKS_VALUES:
+        raise ApiError(42201, f"acks must be all, 1 or 0, got {acks!r}")
+    return acks
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app["node"].config.max_request_bytes
+        raise ApiError(41301, f"request body is larger than max_request_bytes = {limit}") from None
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(40001, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ApiError(42201, "request body must be a JSON object")
+    return document
+
+
+def content_type_of(request: web.Request) -> str:
+    return request.headers.get("Content-Type", JSON_CONTENT_TYPE).split(";")[0].strip().lower()
+
+
+def wants_binary(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", JSON_CONTENT_TYPE)
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if BATCH_CONTENT_TYPE in kinds:
+        return True
+    if any(k in (JSON_CONTENT_TYPE, "*/*", "application/*", "") for k in kinds):
+        return False
+    raise ApiError(40601, f"cannot answer with {accept!r}: use {JSON_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}")
+
+
+# -- handlers -------------------------------------------------------------------------------------------
+
+
+class Handlers:
+    def __init__(self, node):
+        self.node = node
+        self._sticky = itertools.count()
+
+    @property
+    def replicas(self):
+        return self.node.replicas
+
+    # topics
+
+    async def create_topic(self, request: web.Request) -> web.Response:
+        document = await read_json_object(request)
+        unknown = set(document) - {"name", "partitions", "replication_factor", "configs"}
+        if unknown:
+            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        if "name" not in document:
+            raise ApiError(42201, "name is required")
+        config = self.node.config
+        topic = await self.node.create_topic(
+            document["name"],
+            document.get("partitions", config.default_partitions),
+            document.get("replication_factor", config.default_replication_factor),
+            document.get("configs"),
+        )
+        return json_response(self.describe(topic), status=201)
+
+    async def list_topics(self, request: web.Request) -> web.Response:
+        topics = [
+            {"name": t.name, "partitions": len(t.partitions), "replication_factor": t.replication_factor}
+            for t in sorted(self.node.store.image.topics.values(), key=lambda t: t.name)
+        ]
+        return json_response({"topics": topics})
+
+    async def get_topic(self, request: web.Request) -> web.Response:
+        return json_response(self.describe(self.replicas.topic(request.match_info["topic"])))
+
+    def describe(self, topic: TopicInfo) -> dict[str, Any]:
+        partitions = []
+        for index, info in enumerate(topic.partitions):
+            local = self.replicas.partitions.get((topic.name, index))
+            partitions.append(
+                {
+                    "partition": index,
+                    "leader": info.leader,
+                    "replicas": list(info.replicas),
+                    "isr": list(info.isr),
+                    "leader_epoch": info.leader_epoch,
+                    "log_start_offset": local.log.log_start_offset if local else None,
+                    "high_watermark": local.high_watermark if local else None,
+                }
+            )
+        return {
+            "name": topic.name,
+            "topic_id": topic.topic_id,
+            "replication_factor": topic.replication_factor,
+            "partitions": partitions,
+            "configs": effective_configs(dict(topic.configs)),
+        }
+
+    async def alter_topic(self, request: web.Request) -> web.Response:
+        name = request.match_info["topic"]
+        document = await read_json_object(request)
+        unknown = set(document) - {"partitions", "configs", "delete_configs"}
+        if unknown:
+            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        image = self.node.store.image
+        commands = []
+        with metadata_errors():
+            if "partitions" in document:
+                commands.append(plan_create_partitions(image, name, document["partitions"]))
+            if "configs" in document or "delete_configs" in document:
+                commands.append(
+                    plan_alter_configs(image, name, document.get("configs"), document.get("delete_configs"))
+                )
+            if not commands:
+                plan_delete_topic(image, name)  # 40401 for an unknown topic, even with nothing to change
+        for command in commands:
+            if getattr(command, "assignments", None) == ():
+                continue  # same partition count: nothing to add
+            await self.node.store.propose(command)
+        return json_response(self.describe(self.replicas.topic(name)))
+
+    async def delete_topic(self, request: web.Request) -> web.Response:
+        name = request.match_info["topic"]
+        with metadata_errors():
+            command = plan_delete_topic(self.node.store.image, name)
+        await self.node.store.propose(command)
+        return json_response({"deleted": name})
+
+    # produce
+
+    async def produce(self, request: web.Request) -> web.Response:
+        acks = parse_acks(request)
+        entries = parse_produce_body(await read_body(request), allow_partition=True)
+        topic = await self.node.topic_for_produce(request.match_info["topic"])
+        count = len(topic.partitions)
+        sticky = next(self._sticky) % count
+        by_partition: dict[int, list[tuple[int, NewRecord]]] = {}
+        for position, (explicit, record) in enumerate(entries):
+            if explicit is not None:
+                if explicit >= count:
+                    raise ApiError(
+                        40402, f"records[{position}].partition {explicit}: topic {topic.name!r} has {count}"
+                    )
+                index = explicit
+            elif record.key is not None:
+                index = partition_for_key(record.key, count)
+            else:
+                index = sticky
+            by_partition.setdefault(index, []).append((position, record))
+        offsets = await self._append_json_groups(topic.name, by_partition, acks)
+        return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
+
+    async def _append_json_groups(
+        self, topic: str, by_partition: dict[int, list[tuple[int, NewRecord]]], acks: str
+    ) -> list[tuple[int, int]]:
+        now = int(time.time() * 1000)
+        prepared: list[tuple[Partition, list[int], bytes]] = []
+        for index, items in sorted(by_partition.items()):
+            partition = self.replicas.partition(topic, index)
+            partition.check_leader()
+            partition.validate_acks(acks)
+            batch = encode_batch([record for _, record in items], now_ms=now)
+            limit = partition.log.config.max_message_bytes
+            if len(batch) > limit:
+                raise ApiError(
+                    41301,
+                    f"the records for {topic}-{index} encode to {len(batch)} bytes, "
+                    f"more than max.message.bytes = {limit}",
+                )
+            prepared.append((partition, [position for position, _ in items], batch))
+        results: list[tuple[int, int]] = [(0, 0)] * sum(len(p[1]) for p in prepared)
+        for partition, positions, batch in prepared:
+            info = partition.append(batch)
+            self.node.metrics.record_produce(partition.topic, len(positions), len(batch))
+            for i, position in enumerate(positions):
+                results[position] = (partition.index, -1 if acks == "0" else info.first_offset + i)
+        return results
+
+    async def produce_to_partition(self, request: web.Request) -> web.Response:
+        acks = parse_acks(request)
+        index = path_partition(request)
+        kind = content_type_of(request)
+        if kind == BATCH_CONTENT_TYPE:
+            body = await read_body(request)
+            topic = await self.node.topic_for_produce(request.match_info["topic"])
+            partition = self.replicas.partition(topic.name, index)
+            partition.check_leader()
+            partition.validate_acks(acks)
+            try:
+                header = check_producer_batch(body)
+            except InvalidBatchError as exc:
+                code = 42202 if "checksum" in str(exc) else 42201
+                raise ApiError(code, f"invalid record batch: {exc}") from None
+            info = partition.append(body)
+            self.node.metrics.record_produce(partition.topic, header.record_count, len(body))
+            base, last = (-1, -1) if acks == "0" else (info.first_offset, info.last_offset)
+            return json_response(
+                {
+                    "partition": index,
+                    "base_offset": base,
+                    "last_offset": last,
+                    "log_start_offset": info.log_start_offset,
+                }
+            )
+        if kind != JSON_CONTENT_TYPE:
+            raise ApiError(
+                41501,
+                f"Content-Type {kind!r} is not accepted: use {JSON_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}",
+            )
+        entries = parse_produce_body(await read_body(request), allow_partition=False)
+        topic = await self.node.topic_for_produce(request.match_info["topic"])
+        if index >= len(topic.partitions):
+            raise ApiError(
+                40402, f"topic {topic.name!r} has no partition {index} (it has {len(topic.partitions)})"
+            )
+        offsets = await self._append_json_groups(
+            topic.name, {index: [(i, record) for i, (_, record) in enumerate(entries)]}, acks
+        )
+        return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
+
+    # fetch
+
+    async def fetch(self, request: web.Request) -> web.Response:
+        binary = wants_binary(request)
+        config = self.node.config
+        partition = self.replicas.partition(request.match_info["topic"], path_partition(request))
+        offset = query_int(request, "offset", None, 0, 2**63 - 1)
+        max_bytes = query_int(request, "max_bytes", 1024 * 1024, 1, config.fetch_bytes_max)
+        max_wait_ms = query_int(request, "max_wait_ms", 500, 0, config.fetch_wait_max_ms)
+        min_bytes = query_int(request, "min_bytes", 1, 0, config.fetch_bytes_max)
+        encoding = request.query.get("encoding", "auto")
+        if encoding not in ("auto", "base64"):
+            raise ApiError(42201, f"encoding must be auto or base64, got {encoding!r}")
+        result = await partition.fetch(offset, max_bytes, min_bytes, max_wait_ms)
+        next_offset = offset
+        for header, _ in iter_batches(result.data, verify=False):
+            next_offset = header.next_offset
+        self.node.metrics.record_fetch(partition.topic, result.data)
+        if binary:
+            return web.Response(
+                body=result.data,
+                content_type=BATCH_CONTENT_TYPE,
+                headers=fetch_headers(result, next_offset),
+            )
+        records = []
+        for header, view in iter_batches(result.data, verify=False):
+            for record in decode_records(view, header):
+                if record.offset >= offset:
+                    records.append(record_to_json(record, base64_only=encoding == "base64"))
+        return json_response(
+            {
+                "records": records,
+                "next_offset": next_offset,
+                "high_watermark": result.high_watermark,
+                "log_start_offset": result.log_start_offset,
+            }
+        )
+
+    async def offsets(self, request: web.Request) -> web.Response:
+        partition = self.replicas.partition(request.match_info["topic"], path_partition(request))
+        partition.check_leader()
+        if "timestamp_ms" in request.query:
+            timestamp = query_int(request, "timestamp_ms", None, 0, 2**63 - 1)
+            found = partition.log.offset_for_timestamp(timestamp)
+            if found is None or found.offset >= partition.high_watermark:
+                return json_response({"offset": None, "timestamp_ms": None})
+            return json_response({"offset": found.offset, "timestamp_ms": found.timestamp_ms})
+        return json_response(
+            {
+                "log_start_offset": partition.log.log_start_offset,
+                "high_watermark": partition.high_watermark,
+                "log_end_offset": partition.log.log_end_offset,
+            }
+        )
+
+    # node
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.node.ready:
+            raise ApiError(50302, "node is starting: logs are still loading")
+        return json_response({"status": "ready"})
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        image = self.node.store.image
+        return json_response(
+            {
+                "cluster_id": self.node.cluster_id,
+                "controller_id": self.node.config.node_id,
+                "brokers": [
+                    {"node_id": b.node_id, "address": b.address, "rack": b.rack}
+                    for b in sorted(image.brokers.values(), key=lambda b: b.node_id)
+                ],
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.node.metrics.render(self.replicas)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return json_response(openapi_document())
+
+
+def fetch_headers(result: FetchResult, next_offset: int) -> dict[str, str]:
+    return {
+        "X-Raftka-Next-Offset": str(next_offset),
+        "X-Raftka-High-Watermark": str(result.high_watermark),
+        "X-Raftka-Log-Start-Offset": str(result.log_start_offset),
+    }
+
+
+class metadata_errors:
+    """Turn a MetadataError from a planner into the matching ApiError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, MetadataError):
+            raise ApiError(error.error_code, error.message) from None
+        return False
+
+
+def new_topic_id() -> str:
+    return uuid.uuid4().hex
+
+
+# -- the app ------------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    node = request.app["node"]
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as error:
+        status = error.status
+        return error_response(error)
+    except web.HTTPNotFound:
+        status = 404
+        return error_response(ApiError(40404, f"no such path: {request.path} (see /openapi.json)"))
+    except web.HTTPMethodNotAllowed as exc:
+        status = 405
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            ApiError(40501, f"{request.method} is not allowed on {request.path} (allowed: {allowed})")
+        )
+    except web.HTTPRequestEntityTooLarge:
+        status = 413
+        limit = node.config.max_request_bytes
+        return error_response(ApiError(41301, f"request body is larger than max_request_bytes = {limit}"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(ApiError(50001, "internal error; see the node's log"))
+    finally:
+        node.metrics.record_request(request.method, route, status, time.perf_counter() - started)
+
+
+def build_app(node) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=node.config.max_request_bytes)
+    app["node"] = node
+    h = Handlers(node)
+    app.router.add_get("/livez", h.livez)
+    app.router.add_get("/readyz", h.readyz)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/openapi.json", h.openapi)
+    app.router.add_get("/v1/cluster", h.cluster)
+    app.router.add_post("/v1/topics", h.create_topic)
+    app.router.add_get("/v1/topics", h.list_topics)
+    app.router.add_get("/v1/topics/{topic}", h.get_topic)
+    app.router.add_patch("/v1/topics/{topic}", h.alter_topic)
+    app.router.add_delete("/v1/topics/{topic}", h.delete_topic)
+    app.router.add_post("/v1/topics/{topic}/records", h.produce)
+    app.router.add_post("/v1/topics/{topic}/partitions/{partition}/records", h.produce_to_partition)
+    app.router.add_get("/v1/topics/{topic}/partitions/{partition}/records", h.fetch)
+    app.router.add_get("/v1/topics/{topic}/partitions/{partition}/offsets", h.offsets)
+    return app

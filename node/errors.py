@@ -1,0 +1,46 @@
+"""API errors: `{"error_code": 40401, "message": "..."}` with the HTTP status in the first three digits.
+
+| code  | meaning |
+| ----- | ------- |
+| 40001 | malformed request (bad JSON, bad query parameter) |
+| 40401 | unknown topic |
+| 40402 | unknown partition |
+| 40403 | not leader or not available (retriable: refresh metadata) |
+| 40404 | unknown path |
+| 40501 | method not allowed |
+| 40601 | unsupported Accept type |
+| 40901 | already exists |
+| 40902 | invalid producer epoch (fenced) |
+| 41301 | request too large (body over max_request_bytes, batch over max.message.bytes) |
+| 41501 | unsupported Content-Type |
+| 41601 | offset out of range (the body carries the valid range) |
+| 42201 | invalid request (a field with a wrong type or value; the message names it) |
+| 42202 | corrupt record batch (checksum mismatch) |
+| 42203 | out-of-order sequence (idempotent producer) |
+| 50001 | internal error |
+| 50002 | storage error (the log could not be read or written) |
+| 50301 | not enough replicas (retriable) |
+| 50302 | node not ready (retriable) |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(self, error_code: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        return self.error_code // 100
+
+    def body(self) -> dict[str, Any]:
+        return {"error_code": self.error_code, "message": self.message, **self.extra}
+
+
+RETRIABLE_CODES = frozenset({40403, 50301, 50302})

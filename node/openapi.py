@@ -1,0 +1,385 @@
+"""The OpenAPI 3.1 document of HTTP API v1, served at /openapi.json."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from node.errors import __doc__ as ERROR_TABLE
+
+BATCH = "application/vnd.raftka.batch"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): _json(_ref("Error"), "error (see the error code table in the API description)")
+        for code in codes
+    }
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str, required: bool = False
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+TOPIC = _param("topic", "path", {"type": "string"}, "topic name")
+PARTITION = _param("partition", "path", {"type": "integer", "minimum": 0}, "partition index")
+ACKS = _param(
+    "acks",
+    "query",
+    {"type": "string", "enum": ["all", "1", "0"], "default": "all"},
+    "all: wait until the in-sync replicas have the records; 1: the leader's append; 0: no offsets returned (-1)",
+)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    produce_body = {"required": True, "content": {"application/json": {"schema": _ref("ProduceRequest")}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Raftka HTTP API",
+            "version": "1",
+            "description": "Produce, fetch and manage topics. Errors are {error_code, message}; the HTTP status is "
+            "the first three digits of the error code.\n\n" + (ERROR_TABLE or ""),
+        },
+        "paths": {
+            "/v1/topics": {
+                "get": {"summary": "List topics", "responses": {"200": _json(_ref("TopicList"))}},
+                "post": {
+                    "summary": "Create a topic",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("CreateTopic")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("TopicDescription"), "created"),
+                        **_errors(40001, 40901, 42201),
+                    },
+                },
+            },
+            "/v1/topics/{topic}": {
+                "parameters": [TOPIC],
+                "get": {
+                    "summary": "Describe a topic",
+                    "responses": {"200": _json(_ref("TopicDescription")), **_errors(40401)},
+                },
+                "patch": {
+                    "summary": "Add partitions or change configs",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("AlterTopic")}},
+                    },
+                    "responses": {"200": _json(_ref("TopicDescription")), **_errors(40001, 40401, 42201)},
+                },
+                "delete": {
+                    "summary": "Delete a topic and its logs",
+                    "responses": {
+                        "200": _json({"type": "object", "properties": {"deleted": {"type": "string"}}}),
+                        **_errors(40401),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/records": {
+                "parameters": [TOPIC, ACKS],
+                "post": {
+                    "summary": "Produce JSON records; the partition comes from the record, its key, or a sticky choice",
+                    "requestBody": produce_body,
+                    "responses": {
+                        "200": _json(_ref("ProduceResponse")),
+                        **_errors(40001, 40401, 40402, 40403, 41301, 42201, 50301),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/partitions/{partition}/records": {
+                "parameters": [TOPIC, PARTITION],
+                "post": {
+                    "summary": "Produce to one partition: JSON records, or one binary record batch",
+                    "parameters": [ACKS],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("ProduceRequest")},
+                            BATCH: {
+                                "schema": {"type": "string", "format": "binary"},
+                                "description": "one record batch (docs/format.md)",
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "JSON body: ProduceResponse; binary body: BatchProduceResponse",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [_ref("ProduceResponse"), _ref("BatchProduceResponse")]
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(
+                            40001, 40401, 40402, 40403, 40902, 41301, 41501, 42201, 42202, 42203, 50301
+                        ),
+                    },
+                },
+                "get": {
+                    "summary": "Fetch records below the high watermark; long-polls up to max_wait_ms for min_bytes",
+                    "parameters": [
+                        _param(
+                            "offset",
+                            "query",
+                            {"type": "integer", "minimum": 0},
+                            "first offset wanted",
+                            required=True,
+                        ),
+                        _param(
+                            "max_bytes",
+                            "query",
+                            {"type": "integer", "default": 1048576},
+                            "at most this many bytes (at least one batch)",
+                        ),
+                        _param(
+                            "max_wait_ms",
+                            "query",
+                            {"type": "integer", "default": 500},
+                            "longest wait for min_bytes",
+                        ),
+                        _param(
+                            "min_bytes",
+                            "query",
+                            {"type": "integer", "default": 1},
+                            "answer as soon as this many bytes are there",
+                        ),
+                        _param(
+                            "encoding",
+                            "query",
+                            {"type": "string", "enum": ["auto", "base64"], "default": "auto"},
+                            "auto: UTF-8 keys as strings, JSON values as JSON, other bytes as *_b64; base64: always *_b64",
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "records (JSON) or raw batches (Accept: application/vnd.raftka.batch, with "
+                            "X-Raftka-Next-Offset, X-Raftka-High-Watermark, X-Raftka-Log-Start-Offset headers)",
+                            "content": {
+                                "application/json": {"schema": _ref("FetchResponse")},
+                                BATCH: {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **_errors(40401, 40402, 40403, 40601, 41601, 42201),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/partitions/{partition}/offsets": {
+                "parameters": [TOPIC, PARTITION],
+                "get": {
+                    "summary": "Log start offset, high watermark and log end offset; or the first offset at or after timestamp_ms",
+                    "parameters": [
+                        _param("timestamp_ms", "query", {"type": "integer"}, "find the first record this new")
+                    ],
+                    "responses": {"200": _json(_ref("Offsets")), **_errors(40401, 40402, 42201)},
+                },
+            },
+            "/v1/cluster": {
+                "get": {
+                    "summary": "Cluster id, controller and brokers",
+                    "responses": {"200": _json(_ref("Cluster"))},
+                }
+            },
+            "/livez": {
+                "get": {"summary": "The process is alive", "responses": {"200": _json({"type": "object"})}}
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "The node can serve (logs loaded)",
+                    "responses": {"200": _json({"type": "object"}), **_errors(50302)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
+            },
+        },
+        "components": {"schemas": _schemas()},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    nullable_string = {"type": ["string", "null"]}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error_code", "message"],
+            "properties": {"error_code": {"type": "integer"}, "message": {"type": "string"}},
+        },
+        "ProduceRecord": {
+            "type": "object",
+            "properties": {
+                "key": {**nullable_string, "description": "UTF-8 key; null = no key"},
+                "key_b64": {"type": "string", "description": "raw key bytes, base64 (instead of key)"},
+                "value": {"description": "any JSON, stored as its JSON encoding; null = tombstone"},
+                "value_b64": {"type": "string", "description": "raw value bytes, base64 (instead of value)"},
+                "headers": {"type": "object", "additionalProperties": nullable_string},
+                "partition": {"type": "integer", "minimum": 0},
+                "timestamp_ms": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
+        "ProduceRequest": {
+            "type": "object",
+            "required": ["records"],
+            "properties": {"records": {"type": "array", "minItems": 1, "items": _ref("ProduceRecord")}},
+        },
+        "ProduceResponse": {
+            "type": "object",
+            "properties": {
+                "offsets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"partition": {"type": "integer"}, "offset": {"type": "integer"}},
+                    },
+                }
+            },
+        },
+        "BatchProduceResponse": {
+            "type": "object",
+            "properties": {
+                "partition": {"type": "integer"},
+                "base_offset": {"type": "integer"},
+                "last_offset": {"type": "integer"},
+                "log_start_offset": {"type": "integer"},
+            },
+        },
+        "FetchedRecord": {
+            "type": "object",
+            "properties": {
+                "offset": {"type": "integer"},
+                "timestamp_ms": {"type": "integer"},
+                "key": nullable_string,
+                "key_b64": {"type": "string"},
+                "value": {},
+                "value_b64": {"type": "string"},
+                "headers": {"type": "object"},
+                "headers_b64": {"type": "object"},
+            },
+        },
+        "FetchResponse": {
+            "type": "object",
+            "properties": {
+                "records": {"type": "array", "items": _ref("FetchedRecord")},
+                "next_offset": {"type": "integer"},
+                "high_watermark": {"type": "integer"},
+                "log_start_offset": {"type": "integer"},
+            },
+        },
+        "Offsets": {
+            "type": "object",
+            "properties": {
+                "log_start_offset": {"type": "integer"},
+                "high_watermark": {"type": "integer"},
+                "log_end_offset": {"type": "integer"},
+                "offset": {"type": ["integer", "null"]},
+                "timestamp_ms": {"type": ["integer", "null"]},
+            },
+        },
+        "CreateTopic": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-zA-Z0-9._-]{1,249}$"},
+                "partitions": {"type": "integer", "minimum": 1, "default": 1},
+                "replication_factor": {"type": "integer", "minimum": 1, "default": 1},
+                "configs": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "integer", "number", "boolean"]},
+                },
+            },
+        },
+        "AlterTopic": {
+            "type": "object",
+            "properties": {
+                "partitions": {"type": "integer", "minimum": 1, "description": "new total; only grows"},
+                "configs": {"type": "object"},
+                "delete_configs": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "TopicList": {
+            "type": "object",
+            "properties": {
+                "topics": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "partitions": {"type": "integer"},
+                            "replication_factor": {"type": "integer"},
+                        },
+                    },
+                }
+            },
+        },
+        "TopicDescription": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "topic_id": {"type": "string"},
+                "replication_factor": {"type": "integer"},
+                "configs": {"type": "object", "additionalProperties": {"type": "string"}},
+                "partitions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "partition": {"type": "integer"},
+                            "leader": {"type": "integer"},
+                            "replicas": {"type": "array", "items": {"type": "integer"}},
+                            "isr": {"type": "array", "items": {"type": "integer"}},
+                            "leader_epoch": {"type": "integer"},
+                            "log_start_offset": {"type": ["integer", "null"]},
+                            "high_watermark": {"type": ["integer", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "Cluster": {
+            "type": "object",
+            "properties": {
+                "cluster_id": {"type": "string"},
+                "controller_id": {"type": "integer"},
+                "brokers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "node_id": {"type": "integer"},
+                            "address": {"type": "string"},
+                            "rack": nullable_string,
+                        },
+                    },
+                },
+            },
+        },
+    }
