@@ -30,6 +30,7 @@ class NodeConfig:
     fetch_bytes_max: int = 64 * 1024 * 1024
     retention_check_interval_ms: int = 60_000  # Kafka's log.retention.check.interval.ms is 5 minutes
     flush_check_interval_ms: int = 200
+    cleaner_interval_ms: int = 15_000  # Kafka's log.cleaner.backoff.ms
     log_level: str = "info"
     log_format: str = "text"  # text | json
     cluster_id: str | None = None
@@ -62,24 +63,25 @@ _BOOLEAN_TEXT = {
 }
 
 
-def _convert(name: str, kind: type, raw: object, source: str) -> object:
+def _convert(label: str, kind: type, raw: object) -> object:
+    """`raw` as the option's type; `label` names where it came from (flag, variable or file key)."""
     if isinstance(raw, str):
         text = raw.strip()
         if kind is bool:
             if text.lower() not in _BOOLEAN_TEXT:
-                raise ValueError(f"{source}: {name} must be true or false, got {raw!r}")
+                raise ValueError(f"{label} must be true or false, got {raw!r}")
             return _BOOLEAN_TEXT[text.lower()]
         if kind is int:
             try:
                 return int(text)
             except ValueError:
-                raise ValueError(f"{source}: {name} must be an integer, got {raw!r}") from None
+                raise ValueError(f"{label} must be an integer, got {raw!r}") from None
         return text
     if kind is bool and isinstance(raw, bool):
         return raw
     if kind is int and isinstance(raw, int) and not isinstance(raw, bool):
         return raw
-    raise ValueError(f"{source}: {name} has the wrong type ({type(raw).__name__})")
+    raise ValueError(f"{label} has the wrong type ({type(raw).__name__})")
 
 
 def _field_kinds() -> dict[str, type]:
@@ -122,15 +124,15 @@ def load_config(argv: list[str], environ: dict[str, str] | None = None) -> NodeC
             name = key.replace("-", "_")
             if name not in kinds:
                 raise ValueError(f"config file {config_path}: unknown option {key!r}")
-            values[name] = _convert(name, kinds[name], raw, f"config file {config_path}")
+            values[name] = _convert(f"{key} in {config_path}", kinds[name], raw)
     for name, kind in kinds.items():
         env_name = f"RAFTKA_{name.upper()}"
         if env_name in environ:
-            values[name] = _convert(name, kind, environ[env_name], f"environment {env_name}")
+            values[name] = _convert(env_name, kind, environ[env_name])
     for name, kind in kinds.items():
         raw = getattr(args, name)
         if raw is not None:
-            values[name] = _convert(name, kind, raw, "--" + name.replace("_", "-"))
+            values[name] = _convert("--" + name.replace("_", "-"), kind, raw)
     config = NodeConfig(**values)  # type: ignore[arg-type]
     _validate(config)
     return config

@@ -10,7 +10,7 @@ import sys
 import orjson
 
 from node.config import NodeConfig, load_config
-from node.server import DataDirError, Node
+from node.server import DataDirError, ListenError, Node
 from storage.manager import DataDirLockedError
 
 
@@ -66,11 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     try:
         asyncio.run(run(config))
-    except (DataDirError, DataDirLockedError) as exc:
+    except (DataDirError, DataDirLockedError, ListenError) as exc:
         print(f"raftka node: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"raftka node: error: cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

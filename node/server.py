@@ -70,6 +70,10 @@ def check_meta_properties(data_dir: str, node_id: int, cluster_id: str | None) -
     return cluster_id
 
 
+class ListenError(RuntimeError):
+    """The HTTP address cannot be bound (in use, not local, no permission)."""
+
+
 class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -90,7 +94,10 @@ class Node:
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.host_port
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {self.config.listen}: {exc.strerror or exc}") from None
         log.info(
             "listening on http://%s:%d (node %d, cluster %s)",
             host,
@@ -116,7 +123,7 @@ class Node:
             await self.store.propose(RegisterBroker(self.config.node_id, self.config.advertised))
         self.replicas.apply_image(self.store.image)
         self.store.subscribe(lambda old, new: self.replicas.apply_image(new))
-        self.cleaner.start()
+        self.cleaner.start(self.config.cleaner_interval_ms / 1000)
         self._tasks = [
             asyncio.create_task(
                 self._every(self.config.flush_check_interval_ms, self.log_manager.flush_dirty)
