@@ -112,7 +112,7 @@ def test_plans_for_existing_topics():
     assert alter.configs == {"retention.ms": "10"}
     with pytest.raises(MetadataError, match="unknown topic config 'x' in delete"):
         plan_alter_configs(image, "t", None, ["x"])
-    with pytest.raises(MetadataError, match="min.insync.replicas 3"):
+    with pytest.raises(MetadataError, match=r"min\.insync\.replicas 3"):
         plan_alter_configs(image, "t", {"min.insync.replicas": 3}, None)
     with pytest.raises(MetadataError) as missing:
         plan_delete_topic(image, "nope")
@@ -132,7 +132,7 @@ def test_topic_configs():
     assert config.retention_ms == 100
     assert config.cleanup_policy is CleanupPolicy.COMPACT_DELETE
     assert effective_configs({})["min.insync.replicas"] == "1"
-    with pytest.raises(ValueError, match="segment.bytes"):
+    with pytest.raises(ValueError, match=r"segment\.bytes"):
         validate_configs({"segment.bytes": 10})
     with pytest.raises(ValueError, match="must be a string or a number"):
         validate_configs({"retention.ms": [1]})
