@@ -103,6 +103,9 @@ class Partition:
             raise ApiError(code, str(exc)) from None
         except StaleLeaderEpochError as exc:
             raise ApiError(40403, str(exc)) from None
+        except OSError as exc:
+            log.error("append to %s-%d failed: %s", self.topic, self.index, exc)
+            raise ApiError(50002, f"storage error appending to {self.topic}-{self.index}: {exc}") from None
         self.maybe_advance_high_watermark()
         return info
 
