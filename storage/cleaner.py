@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from storage.log import PartitionLog, SegmentGoneError
+from storage.log import PartitionLog, SegmentGoneError, SwapCommittedError
 from storage.record_batch import NewRecord, decode_records, encode_batch, iter_batches, read_header
 from storage.segment import CLEANED_SUFFIX, LogSegment
 
@@ -59,6 +59,7 @@ class LogCleaner:
     def __init__(self, *, offset_map_keys_max: int = OFFSET_MAP_KEYS_MAX):
         self.offset_map_keys_max = offset_map_keys_max
         self.first_dirty: dict[str, int] = {}  # log directory -> first dirty offset
+        self._truncations: dict[str, int] = {}  # log directory -> its truncation count at the last cleaning
         self._logs: dict[str, tuple[PartitionLog, Callable[[], int]]] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -72,18 +73,26 @@ class LogCleaner:
     ) -> CleanResult:
         """Clean `partition_log` once, below `upper_bound_offset` (the high watermark)."""
         now = partition_log.clock.now_ms() if now_ms is None else now_ms
+        truncations = partition_log.truncations
+        if self._truncations.get(partition_log.directory) != truncations:
+            self.first_dirty.pop(partition_log.directory, None)  # truncated offsets may hold new records
+            self._truncations[partition_log.directory] = truncations
         first_dirty = max(self.first_dirty.get(partition_log.directory, 0), partition_log.log_start_offset)
-        uncleanable = partition_log.first_uncleanable_offset(upper_bound_offset)
+        uncleanable = partition_log.first_uncleanable_offset(upper_bound_offset, now)
         segments = partition_log.sealed_segments_below(uncleanable)
         if not segments:
             return CleanResult(0, first_dirty, 0, 0, 0, 0)
-        offset_map, map_end, last_batch_of = self._build_offset_map(partition_log, segments, first_dirty)
+        try:
+            offset_map, map_end, last_batch_of = self._build_offset_map(partition_log, segments, first_dirty)
+        except SegmentGoneError:
+            log.info("cleaning of %s dropped: a segment went away", partition_log.directory)
+            return CleanResult(0, first_dirty, 0, 0, 0, 0)
         if map_end <= first_dirty:
             return CleanResult(0, first_dirty, 0, 0, 0, 0)
         to_clean = [s for s in segments if s.base_offset < map_end]
         kept = dropped = before = after = 0
         for group in self._group(to_clean, partition_log):
-            result = self._clean_group(partition_log, group, offset_map, last_batch_of, now)
+            result = self._clean_group(partition_log, group, offset_map, last_batch_of, now, truncations)
             if result is None:
                 break
             kept += result[0]
@@ -105,7 +114,6 @@ class LogCleaner:
         last_batch_of: dict[int, int] = {}
         map_end = first_dirty
         for segment in segments:
-            upper = segment.next_offset
             segment_map: dict[bytes | None, int] = {}
             for header, view in self._batches(partition_log, segment):
                 if header.producer_id >= 0:
@@ -118,8 +126,7 @@ class LogCleaner:
             if offset_map and len(offset_map.keys() | segment_map.keys()) > self.offset_map_keys_max:
                 break
             offset_map.update(segment_map)
-            following = partition_log.segments.higher(segment.base_offset)
-            map_end = max(map_end, following.base_offset if following else upper)
+            map_end = max(map_end, partition_log.segment_upper_bound(segment))
         return offset_map, map_end, last_batch_of
 
     def _batches(self, partition_log: PartitionLog, segment: LogSegment):
@@ -155,6 +162,7 @@ class LogCleaner:
         offset_map: dict[bytes | None, int],
         last_batch_of: dict[int, int],
         now_ms: int,
+        truncations: int,
     ) -> tuple[int, int, int, int] | None:
         config = partition_log.config
         cleaned = LogSegment(partition_log.directory, group[0].base_offset, config, suffix=CLEANED_SUFFIX)
@@ -170,19 +178,22 @@ class LogCleaner:
                     survivors = [
                         r
                         for r in records
-                        if (r.key is None or offset_map.get(r.key, -1) <= r.offset)
-                        and not (drop_tombstones and r.value is None)
+                        if r.key is None
+                        or (
+                            offset_map.get(r.key, -1) <= r.offset
+                            and not (drop_tombstones and r.value is None)
+                        )
                     ]
                     dropped += len(records) - len(survivors)
                     kept += len(survivors)
-                    if len(survivors) == len(records):
-                        cleaned.append(header, [view])
-                        continue
                     keep_empty = (
                         header.producer_id >= 0
                         and last_batch_of.get(header.producer_id) == header.last_offset
                     )
                     if not survivors and not keep_empty:
+                        continue  # also an empty batch kept earlier whose producer has a later one now
+                    if len(survivors) == len(records):
+                        cleaned.append(header, [view])
                         continue
                     rebuilt = encode_batch(
                         [NewRecord(r.key, r.value, r.timestamp_ms, r.headers) for r in survivors],
@@ -199,12 +210,14 @@ class LogCleaner:
             before = sum(s.size for s in group)
             after = cleaned.size
             cleaned.set_last_modified_ms(last_modified)
-            partition_log.swap_cleaned_segment(group, cleaned)
+            partition_log.swap_cleaned_segment(group, cleaned, truncations)
             return kept, dropped, before, after
         except SegmentGoneError:
             log.info("cleaning of %s dropped: a segment went away", partition_log.directory)
             cleaned.delete()
             return None
+        except SwapCommittedError:
+            raise  # the cleaned files belong to the manifest: loading finishes the swap
         except BaseException:
             cleaned.delete()
             raise

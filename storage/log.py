@@ -101,6 +101,11 @@ class SegmentGoneError(Exception):
     """The cleaner's segment was deleted or replaced under it (retention or truncation won the race)."""
 
 
+class SwapCommittedError(Exception):
+    """A cleaner swap failed after its manifest was written: the log is closed, and loading it finishes
+    the swap. The cleaned files belong to the manifest now and must not be deleted."""
+
+
 def log_dir_name(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
@@ -136,6 +141,7 @@ class PartitionLog:
         self.log_end_offset = 0
         self.recovery_point = recovery_point
         self.closed = False
+        self.truncations = 0  # bumped by every truncation: a cleaning that spans one is dropped
         self._last_flush_ms = clock.now_ms()
         self.load_report = self._load(clean_shutdown)
 
@@ -423,6 +429,7 @@ class PartitionLog:
             self._check_open()
             if offset >= self.log_end_offset:
                 return 0
+            self.truncations += 1
             if offset <= self.log_start_offset:
                 removed = self.segments.size_bytes()
                 self._truncate_fully_and_start_at(offset if offset >= 0 else 0)
@@ -450,6 +457,7 @@ class PartitionLog:
     def _truncate_fully_and_start_at(self, offset: int) -> None:
         if offset < 0:
             raise ValueError(f"cannot start a log at negative offset {offset}")
+        self.truncations += 1
         for segment in reversed(list(self.segments)):
             self.segments.remove(segment.base_offset).delete()
         self.segments.add(LogSegment(self.directory, offset, self.config))
@@ -588,7 +596,7 @@ class PartitionLog:
                 raise SegmentGoneError(f"segment {segment.base_offset} is gone")
             return segment.read_at(position, max_bytes)
 
-    def swap_cleaned_segment(self, old: list[LogSegment], cleaned: LogSegment) -> None:
+    def swap_cleaned_segment(self, old: list[LogSegment], cleaned: LogSegment, truncations: int) -> None:
         """Replace `old` (consecutive sealed segments) with `cleaned`, crash-safely.
 
         The manifest is the commit point: before it exists the old segments are intact and the cleaned
@@ -596,6 +604,8 @@ class PartitionLog:
         """
         with self.lock:
             self._check_open()
+            if truncations != self.truncations:  # the segments may hold other records than were cleaned
+                raise SegmentGoneError(f"log {self.directory} was truncated during the cleaning")
             for segment in old:
                 if segment.deleted or self.segments.floor(segment.base_offset) is not segment:
                     raise SegmentGoneError(f"segment {segment.base_offset} is gone")
@@ -607,18 +617,22 @@ class PartitionLog:
             manifest = {"new": cleaned.base_offset, "replaces": [s.base_offset for s in old]}
             manifest_path = os.path.join(self.directory, SWAP_MANIFEST)
             write_atomic(manifest_path, orjson.dumps(manifest))
-            for segment in old:
-                self.segments.remove(segment.base_offset).delete()
-            cleaned.change_suffix("")
-            self.segments.add(cleaned)
-            fsync_dir(self.directory)
-            os.unlink(manifest_path)
+            try:
+                for segment in old:
+                    self.segments.remove(segment.base_offset).delete()
+                cleaned.change_suffix("")
+                self.segments.add(cleaned)
+                fsync_dir(self.directory)
+                os.unlink(manifest_path)
+            except BaseException as exc:
+                self.close_unflushed()  # memory no longer matches the files; loading finishes the swap
+                raise SwapCommittedError(f"cleaner swap in {self.directory} failed after its commit") from exc
 
-    def first_uncleanable_offset(self, upper_bound_offset: int) -> int:
+    def first_uncleanable_offset(self, upper_bound_offset: int, now_ms: int | None = None) -> int:
         """Where cleaning must stop: the active segment, the upper bound (high watermark) and
         min.compaction.lag.ms, rounded down to a segment boundary."""
         with self.lock:
-            now = self.clock.now_ms()
+            now = self.clock.now_ms() if now_ms is None else now_ms
             limit = min(self.segments.active.base_offset, upper_bound_offset)
             for segment in self.segments:
                 upper = self._segment_upper_bound(segment)
@@ -628,6 +642,11 @@ class PartitionLog:
                 if lag > 0 and now - segment.max_timestamp < lag:
                     return segment.base_offset
             return limit
+
+    def segment_upper_bound(self, segment: LogSegment) -> int:
+        """The offset where `segment` ends: the next segment's base offset (or the log end offset)."""
+        with self.lock:
+            return self._segment_upper_bound(segment)
 
     def sealed_segments_below(self, offset: int) -> list[LogSegment]:
         with self.lock:
@@ -644,4 +663,11 @@ class PartitionLog:
         )
 
 
-__all__ = ["AppendInfo", "CorruptLogError", "LoadReport", "PartitionLog", "SegmentGoneError"]
+__all__ = [
+    "AppendInfo",
+    "CorruptLogError",
+    "LoadReport",
+    "PartitionLog",
+    "SegmentGoneError",
+    "SwapCommittedError",
+]
