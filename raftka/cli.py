@@ -1,28 +1,578 @@
-"""The `raftka` command line."""
+"""The `raftka` command line: run a node, manage topics, produce and consume from a terminal.
+
+Every command but `node` is a thin shell over the asyncio client (raftka.client). Errors print one
+line, `raftka: error: ...`, on stderr. Exit status: 0 success, 1 failure, 2 bad usage, 130 Ctrl-C
+(except for `consume`, where Ctrl-C is the normal way to stop following and exits 0).
+See docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import os
 import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
 
 from raftka import __version__
+from raftka.client._http import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP
+from raftka.client.admin import Admin
+from raftka.client.consumer import Consumer, ConsumerRecord
+from raftka.client.errors import RaftkaConnectionError, RaftkaError, UnknownPartitionError, UnknownTopicError
+from raftka.client.producer import Producer
+
+PROG = "raftka"
+STDIN_CHUNK_BYTES = 64 * 1024
+STDIN_QUEUE_CHUNKS = 16  # bounds what the stdin reader may hold ahead of the producer: 1 MiB
+PROGRESS_INTERVAL_S = 0.5
+
+
+class CommandError(Exception):
+    """A failure the user should read as one line (exit status 1)."""
+
+
+# -- output helpers ------------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns aligned on the widest cell, two spaces apart; None shows as '-'."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _ids(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values) or "-"
+
+
+def _text_or_b64(data: bytes | None) -> tuple[str | None, str | None]:
+    """(text, None) for UTF-8 bytes, (None, base64) for other bytes, (None, None) for null."""
+    if data is None:
+        return None, None
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, base64.b64encode(data).decode("ascii")
+
+
+def record_to_json(record: ConsumerRecord) -> dict[str, Any]:
+    """The `--format json` line: text where the bytes are UTF-8, else a *_b64 field."""
+    key, key_b64 = _text_or_b64(record.key)
+    value, value_b64 = _text_or_b64(record.value)
+    out: dict[str, Any] = {
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": key,
+        "value": value,
+        "headers": {},
+        "timestamp_ms": record.timestamp_ms,
+    }
+    if key_b64 is not None:
+        out["key_b64"] = key_b64
+    if value_b64 is not None:
+        out["value_b64"] = value_b64
+    headers_b64: dict[str, str] = {}
+    for name, raw in record.headers:
+        text, encoded = _text_or_b64(raw)
+        if encoded is not None:
+            headers_b64[name] = encoded
+        else:
+            out["headers"][name] = text
+    if headers_b64:
+        out["headers_b64"] = headers_b64
+    return out
+
+
+# -- topic and cluster commands ------------------------------------------------------------------------
+
+
+def _parse_configs(items: Sequence[str] | None) -> dict[str, str]:
+    configs: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--config takes NAME=VALUE, got {item!r}")
+        configs[name.strip()] = value.strip()
+    return configs
+
+
+async def cmd_topic_create(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        try:
+            topic = await admin.create_topic(
+                args.name, args.partitions, args.replication_factor, _parse_configs(args.config)
+            )
+        except RaftkaError as exc:
+            if args.if_not_exists and exc.error_code == 40901:
+                return 0
+            raise
+    print(
+        f"created topic {topic.name} ({len(topic.partitions)} partition(s), "
+        f"replication factor {topic.replication_factor})"
+    )
+    return 0
+
+
+async def cmd_topic_list(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        topics = await admin.list_topics()
+    if args.format == "json":
+        print_json({"topics": [dataclasses.asdict(t) for t in topics]})
+    elif topics:
+        print(
+            format_table(
+                ["TOPIC", "PARTITIONS", "REPLICATION"],
+                [(t.name, t.partitions, t.replication_factor) for t in topics],
+            )
+        )
+    else:
+        print("no topics", file=sys.stderr)
+    return 0
+
+
+async def cmd_topic_describe(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        topic = await admin.describe_topic(args.name)
+    if args.format == "json":
+        print_json(dataclasses.asdict(topic))
+        return 0
+    print(
+        f"Topic: {topic.name}  id: {topic.topic_id or '-'}  partitions: {len(topic.partitions)}  "
+        f"replication factor: {topic.replication_factor}"
+    )
+    print()
+    print(
+        format_table(
+            ["PARTITION", "LEADER", "REPLICAS", "ISR", "LEADER_EPOCH", "LOG_START_OFFSET", "HIGH_WATERMARK"],
+            [
+                (
+                    p.partition,
+                    p.leader,
+                    _ids(p.replicas),
+                    _ids(p.isr),
+                    p.leader_epoch,
+                    p.log_start_offset,
+                    p.high_watermark,
+                )
+                for p in topic.partitions
+            ],
+        )
+    )
+    if topic.configs:
+        print()
+        print(format_table(["CONFIG", "VALUE"], sorted(topic.configs.items())))
+    return 0
+
+
+async def cmd_topic_alter(args: argparse.Namespace) -> int:
+    configs = _parse_configs(args.config)
+    if args.partitions is None and not configs and not args.delete_config:
+        raise CommandError("nothing to alter: give --partitions, --config or --delete-config")
+    async with Admin(args.bootstrap) as admin:
+        topic = await admin.alter_topic(
+            args.name, partitions=args.partitions, configs=configs, delete_configs=args.delete_config
+        )
+    print(f"altered topic {topic.name} ({len(topic.partitions)} partition(s))")
+    return 0
+
+
+async def cmd_topic_delete(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        await admin.delete_topic(args.name)
+    print(f"deleted topic {args.name}")
+    return 0
+
+
+async def cmd_cluster_status(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        cluster = await admin.describe_cluster()
+        ready = await asyncio.gather(*(admin.node_ready(b.address) for b in cluster.brokers))
+    status = {True: "ready", False: "not ready", None: "unreachable"}
+    if args.format == "json":
+        document = dataclasses.asdict(cluster)
+        for broker, state in zip(document["brokers"], ready, strict=True):
+            broker["status"] = status[state]
+        print_json(document)
+        return 0
+    print(
+        f"Cluster: {cluster.cluster_id}  controller: {cluster.controller_id}  brokers: {len(cluster.brokers)}"
+    )
+    print()
+    print(
+        format_table(
+            ["NODE_ID", "ADDRESS", "RACK", "ROLE", "STATUS"],
+            [
+                (
+                    b.node_id,
+                    b.address,
+                    b.rack,
+                    "controller" if b.node_id == cluster.controller_id else "broker",
+                    status[state],
+                )
+                for b, state in zip(cluster.brokers, ready, strict=True)
+            ],
+        )
+    )
+    return 0 if all(ready) else 1
+
+
+# -- produce ------------------------------------------------------------------------------------------
+
+
+async def stdin_lines() -> AsyncIterator[bytes]:
+    """Lines of stdin without their line ending, read by a daemon thread (works for files, pipes, ttys).
+
+    A daemon thread, not the loop's executor: a read blocked on a terminal must not keep the process
+    alive after Ctrl-C.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(STDIN_QUEUE_CHUNKS)
+    fd = sys.stdin.fileno()
+
+    def read() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, STDIN_CHUNK_BYTES)
+                asyncio.run_coroutine_threadsafe(queue.put(chunk or None), loop).result()
+                if not chunk:
+                    return
+        except (OSError, RuntimeError):  # stdin closed, or the loop went away
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+
+    threading.Thread(target=read, name="raftka-stdin", daemon=True).start()
+    pending = b""
+    while True:
+        chunk = await queue.get()
+        if chunk is None:
+            break
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line[:-1] if line.endswith(b"\r") else line
+    if pending:
+        yield pending[:-1] if pending.endswith(b"\r") else pending
+
+
+class Progress:
+    """The stderr progress line of `raftka produce` when stdin is not a terminal."""
+
+    def __init__(self, topic: str, enabled: bool):
+        self.topic = topic
+        self.enabled = enabled
+        self.live = enabled and sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = self.started
+
+    def maybe_show(self, sent: int) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self.shown >= PROGRESS_INTERVAL_S:
+            self.shown = now
+            sys.stderr.write(f"\rsent {sent} records to {self.topic} ({self._rate(sent, now)} records/s)")
+            sys.stderr.flush()
+
+    def finish(self, delivered: int, failed: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        line = (
+            f"produced {delivered} records to {self.topic} in {now - self.started:.1f} s "
+            f"({self._rate(delivered, now)} records/s)"
+        )
+        if failed:
+            line += f", {failed} failed"
+        sys.stderr.write(("\r" if self.live else "") + line + "\n")
+        sys.stderr.flush()
+
+    def _rate(self, count: int, now: float) -> int:
+        return round(count / max(now - self.started, 1e-6))
+
+
+async def cmd_produce(args: argparse.Namespace) -> int:
+    separator = args.key_separator.encode() if args.key_separator is not None else None
+    if separator == b"":
+        raise CommandError("--key-separator must not be empty")
+    delivered = 0
+    failures: list[BaseException] = []
+
+    def on_delivery(future: asyncio.Future) -> None:
+        nonlocal delivered
+        if future.cancelled():
+            failures.append(asyncio.CancelledError())
+        elif future.exception() is not None:
+            failures.append(future.exception())
+        else:
+            delivered += 1
+
+    progress = Progress(args.topic, enabled=not sys.stdin.isatty())
+    sent = 0
+    bad_line: str | None = None
+    async with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms) as producer:
+        partitions = await producer.partitions_for(args.topic)  # an unknown topic fails here, at once
+        if args.partition is not None and args.partition not in partitions:
+            raise UnknownPartitionError(
+                40402, f"topic {args.topic!r} has no partition {args.partition} (it has {len(partitions)})"
+            )
+        async for line in stdin_lines():
+            key = None
+            value = line
+            if separator is not None:
+                key, sep, value = line.partition(separator)
+                if not sep:
+                    bad_line = f"line {sent + 1} has no key separator {args.key_separator!r}"
+                    break
+            future = await producer.send(args.topic, value, key=key, partition=args.partition)
+            future.add_done_callback(on_delivery)
+            sent += 1
+            progress.maybe_show(sent)
+        await producer.flush()
+    progress.finish(delivered, len(failures))
+    if bad_line is not None:
+        raise CommandError(f"{bad_line}; sent the {sent} record(s) before it")
+    if failures:
+        raise CommandError(f"{len(failures)} of {sent} record(s) were not delivered: {failures[0]}")
+    return 0
+
+
+# -- consume ------------------------------------------------------------------------------------------
+
+
+async def cmd_consume(args: argparse.Namespace) -> int:
+    if args.offset is not None and args.from_beginning:
+        raise CommandError("--offset and --from-beginning exclude each other")
+    # With an explicit --offset an offset outside the log is an error, not a silent jump elsewhere.
+    reset = "error" if args.offset is not None else "earliest" if args.from_beginning else "latest"
+    separator = args.key_separator.encode()
+    out = sys.stdout.buffer
+    count = 0
+    consumer = Consumer(args.bootstrap, auto_offset_reset=reset, fetch_max_wait_ms=500)
+    try:
+        partitions = await consumer.partitions_for(args.topic)
+        chosen = partitions if args.partition is None else args.partition
+        for partition in chosen:
+            if partition not in partitions:
+                raise UnknownPartitionError(
+                    40402, f"topic {args.topic!r} has no partition {partition} (it has {len(partitions)})"
+                )
+        consumer.assign([(args.topic, p) for p in chosen])
+        for partition in chosen:
+            if args.offset is not None:
+                consumer.seek((args.topic, partition), args.offset)
+        if args.offset is None:
+            (consumer.seek_to_beginning if args.from_beginning else consumer.seek_to_end)()
+        idle_since = time.monotonic()
+        while args.max_messages is None or count < args.max_messages:
+            limit = None if args.max_messages is None else args.max_messages - count
+            records = await consumer.poll(timeout_ms=500, max_records=limit)
+            if not records:
+                if args.timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= args.timeout_ms:
+                    break
+                continue
+            idle_since = time.monotonic()
+            if args.format == "json":
+                out.write(b"".join(orjson.dumps(record_to_json(r)) + b"\n" for r in records))
+            else:
+                for record in records:
+                    value = b"null" if record.value is None else record.value
+                    if args.print_key:
+                        key = b"null" if record.key is None else record.key
+                        out.write(key + separator + value + b"\n")
+                    else:
+                        out.write(value + b"\n")
+            out.flush()
+            count += len(records)
+    except asyncio.CancelledError:  # Ctrl-C: the normal end of following
+        pass
+    finally:
+        await consumer.close()
+    if sys.stderr.isatty():
+        print(f"Processed a total of {count} messages", file=sys.stderr)
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--bootstrap",
+        "-b",
+        metavar="HOST:PORT",
+        default=argparse.SUPPRESS,
+        help=f"node(s) to talk to, comma-separated (env {BOOTSTRAP_ENV}; default {DEFAULT_BOOTSTRAP})",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Raftka: a lightweight distributed commit log", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"raftka {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("node", help="run a Raftka node (raftka node --help for its options)", add_help=False)
+
+    topic = commands.add_parser("topic", help="create, list, describe, alter and delete topics")
+    topic_commands = topic.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
+    create = topic_commands.add_parser("create", help="create a topic", parents=[common])
+    create.add_argument("name")
+    create.add_argument("--partitions", "-p", type=_positive, help="partition count (node default: 1)")
+    create.add_argument("--replication-factor", "-r", type=_positive, help="replicas per partition")
+    create.add_argument("--config", "-c", action="append", metavar="NAME=VALUE", help="a topic config")
+    create.add_argument("--if-not-exists", action="store_true", help="succeed if the topic exists")
+    create.set_defaults(handler=cmd_topic_create)
+    listing = topic_commands.add_parser("list", help="list topics", parents=[common])
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(handler=cmd_topic_list)
+    describe = topic_commands.add_parser(
+        "describe", help="partitions, leaders, offsets, configs", parents=[common]
+    )
+    describe.add_argument("name")
+    describe.add_argument("--format", choices=("table", "json"), default="table")
+    describe.set_defaults(handler=cmd_topic_describe)
+    alter = topic_commands.add_parser("alter", help="add partitions, change configs", parents=[common])
+    alter.add_argument("name")
+    alter.add_argument("--partitions", "-p", type=_positive, help="the new (larger) partition count")
+    alter.add_argument("--config", "-c", action="append", metavar="NAME=VALUE", help="set a config")
+    alter.add_argument(
+        "--delete-config", action="append", metavar="NAME", help="reset a config to its default"
+    )
+    alter.set_defaults(handler=cmd_topic_alter)
+    delete = topic_commands.add_parser("delete", help="delete a topic and its data", parents=[common])
+    delete.add_argument("name")
+    delete.set_defaults(handler=cmd_topic_delete)
+
+    produce = commands.add_parser(
+        "produce", help="send one record per line of stdin", parents=[common], description=PRODUCE_HELP
+    )
+    produce.add_argument("topic")
+    produce.add_argument("--key-separator", "-k", metavar="SEP", help="split each line into KEY SEP VALUE")
+    produce.add_argument("--acks", choices=("all", "1", "0"), default="all", help="default: all")
+    produce.add_argument("--partition", "-p", type=_non_negative, help="send every record to this partition")
+    produce.add_argument("--linger-ms", type=_non_negative, default=5, help="batching delay (default: 5)")
+    produce.set_defaults(handler=cmd_produce)
+
+    consume = commands.add_parser(
+        "consume", help="print records as they arrive", parents=[common], description=CONSUME_HELP
+    )
+    consume.add_argument("topic")
+    consume.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    consume.add_argument("--offset", type=_non_negative, help="start at this offset (in each partition read)")
+    consume.add_argument(
+        "--partition", "-p", type=_non_negative, action="append", help="read only this partition (repeatable)"
+    )
+    consume.add_argument("--max-messages", "-n", type=_positive, help="exit after this many records")
+    consume.add_argument("--timeout-ms", type=_non_negative, help="exit after this long without a record")
+    consume.add_argument("--print-key", action="store_true", help="print KEY<separator>VALUE")
+    consume.add_argument(
+        "--key-separator", default="\t", metavar="SEP", help="with --print-key (default: tab)"
+    )
+    consume.add_argument(
+        "--format", choices=("text", "json"), default="text", help="json: one object per line"
+    )
+    consume.set_defaults(handler=cmd_consume)
+
+    cluster = commands.add_parser("cluster", help="cluster information")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    status = cluster_commands.add_parser(
+        "status", help="brokers and whether they are ready", parents=[common]
+    )
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.set_defaults(handler=cmd_cluster_status)
+    return parser
+
+
+PRODUCE_HELP = (
+    "Send one record per line of stdin (the value is the line without its line ending). With "
+    "--key-separator each line is KEY<SEP>VALUE. When stdin is not a terminal a progress line goes to stderr."
+)
+CONSUME_HELP = (
+    "Print the records of a topic, one value per line, following new records until Ctrl-C (or "
+    "--max-messages / --timeout-ms). Starts at the end unless --from-beginning or --offset."
+)
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a lightweight distributed commit log")
-    parser.add_argument("--version", action="version", version=f"raftka {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("node", help="run a Raftka node")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "node":
+        from node.main import main as node_main  # lazily: the client commands do not need the node
+
+        return node_main(argv[1:]) or 0
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "node":
-        print(
-            "raftka: the node process is not built yet; this release holds the storage engine "
-            "(see README, Status). Run ./scripts/test to exercise it.",
-            file=sys.stderr,
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "node":  # `raftka --bootstrap X node`: the node has no use for it
+        from node.main import main as node_main
+
+        return node_main([]) or 0
+    bootstrap = getattr(args, "bootstrap", None) or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
+    args.bootstrap = bootstrap
+    try:
+        return asyncio.run(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except RaftkaConnectionError as exc:
+        return _error(
+            f"cannot reach a Raftka node at {bootstrap} ({exc.reason}); is it running? "
+            f"Start one with `raftka node`, or set --bootstrap or {BOOTSTRAP_ENV}"
         )
-        return 2
-    parser.print_help()
-    return 0
+    except UnknownTopicError as exc:
+        topic = getattr(args, "topic", None)
+        hint = (
+            f"; create it with `raftka topic create {topic}`" if topic and "create" not in exc.message else ""
+        )
+        return _error(exc.message + hint)
+    except RaftkaError as exc:
+        return _error(exc.message)
+    except CommandError as exc:
+        return _error(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`raftka consume ... | head`): not an error. Point stdout at devnull so
+        # that the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

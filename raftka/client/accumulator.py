@@ -1,0 +1,331 @@
+"""The producer's batching and retry decisions, as a pure core (no IO, no event loop, no clock).
+
+Theory of operation
+-------------------
+Records are appended to the open batch of their partition. A batch closes when the next record would
+push it past `batch_bytes_max`; it becomes *sendable* when it is closed, or `linger_ms` passed since its
+first record, or a flush or close asks for everything now. `drain(now_ms)` hands out sendable batches
+from the head of each partition's queue while that partition has fewer than `max_in_flight` requests
+out, oldest first, so batches of one partition leave in the order their records were sent.
+
+The shell (`Producer`) sends each drained batch and reports back: `on_success` frees its bytes,
+`on_failure` decides between
+
+- retry: a retriable error with time left before the batch's delivery deadline
+  (`delivery_timeout_ms` after its first record); the batch goes back to the head of its queue and
+  waits `retry_backoff_ms * 2**(attempts - 1)` (capped at `retry_backoff_max_ms`, with ±20% jitter
+  from the seeded rng) before it is sendable again;
+- split: the node said the batch is too large (41301) and it holds more than one record; it becomes
+  two batches of half the records each, at the head of the queue, tried again at once;
+- fail: anything else; every record of the batch fails with the error (or a DeliveryTimeoutError whose
+  cause is the last error, when time ran out).
+
+A batch waiting in a queue past its deadline fails in `drain` without being sent.
+
+Ordering: with `max_in_flight = 1` (the producer's default) a partition's records are written in send
+order, retries included. With more in flight, order is not kept even without failures: Kafka pipelines
+requests on one TCP connection, which the broker serves in order, but concurrent HTTP/1.1 requests
+travel on separate connections, and the node may append a later batch first. The idempotent producer
+(a later issue: sequence numbers checked by the node) will make larger values safe.
+
+Memory is bounded: `has_room(size)` says whether the buffered bytes stay within `buffer_bytes_max`;
+the shell waits for room before appending (a record larger than the whole buffer is let through alone).
+
+Thread-safety: none; one producer uses it from one event loop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from raftka.client.errors import DeliveryTimeoutError, RaftkaError, RecordTooLargeError
+from storage.record_batch import HEADER_SIZE, RECORD_HEADER_SIZE, NewRecord
+
+_JITTER = 0.2  # ±20% on every backoff, so that producers behind one failure do not retry in lockstep
+
+
+def record_size(key: bytes | None, value: bytes | None, headers) -> int:
+    """Bytes one record takes in an encoded batch (exact: the codec's fixed-width framing)."""
+    size = RECORD_HEADER_SIZE
+    if key:
+        size += len(key)
+    if value:
+        size += len(value)
+    for name, hvalue in headers:
+        size += 6 + len(name.encode()) + (len(hvalue) if hvalue else 0)
+    return size
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(eq=False)
+class ProducerBatch:
+    """Records bound for one partition, sent as one request; `results` are the shell's opaque handles."""
+
+    tp: TopicPartition
+    seq: int
+    created_ms: int
+    deadline_ms: int
+    records: list[NewRecord | tuple] = field(default_factory=list)  # (key, value, timestamp_ms, headers)
+    results: list[Any] = field(default_factory=list)
+    size_bytes: int = HEADER_SIZE
+    closed: bool = False
+    attempts: int = 0
+    retry_at_ms: int = 0
+    last_error: RaftkaError | None = None
+    encoded: bytes | None = None  # kept across retries: the bytes are the same every time
+
+    @property
+    def record_count(self) -> int:
+        return len(self.records)
+
+
+class Retry(NamedTuple):
+    at_ms: int
+
+
+class Split(NamedTuple):
+    parts: tuple[ProducerBatch, ProducerBatch]
+
+
+class Fail(NamedTuple):
+    error: RaftkaError
+
+
+class RecordAccumulator:
+    def __init__(
+        self,
+        *,
+        batch_bytes_max: int,
+        linger_ms: int,
+        max_in_flight: int,
+        delivery_timeout_ms: int,
+        retry_backoff_ms: int,
+        retry_backoff_max_ms: int,
+        buffer_bytes_max: int,
+        rng: random.Random | None = None,
+    ):
+        if batch_bytes_max <= HEADER_SIZE:
+            raise ValueError(f"batch_bytes_max must be larger than a batch header ({HEADER_SIZE} bytes)")
+        if linger_ms < 0:
+            raise ValueError("linger_ms must be >= 0")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        if delivery_timeout_ms < 0:
+            raise ValueError("delivery_timeout_ms must be >= 0")
+        if retry_backoff_ms < 0 or retry_backoff_max_ms < retry_backoff_ms:
+            raise ValueError("need 0 <= retry_backoff_ms <= retry_backoff_max_ms")
+        if buffer_bytes_max < batch_bytes_max:
+            raise ValueError("buffer_bytes_max must be at least batch_bytes_max")
+        self.batch_bytes_max = batch_bytes_max
+        self.linger_ms = linger_ms
+        self.max_in_flight = max_in_flight
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.retry_backoff_ms = retry_backoff_ms
+        self.retry_backoff_max_ms = retry_backoff_max_ms
+        self.buffer_bytes_max = buffer_bytes_max
+        self._rng = rng or random.Random()
+        self._queues: dict[TopicPartition, deque[ProducerBatch]] = {}
+        self._in_flight: dict[TopicPartition, int] = {}
+        self._incomplete: dict[int, int] = {}  # batch seq -> batches with that seq not yet done
+        self._next_seq = 0
+        self._flushing = 0
+        self.buffered_bytes = 0
+
+    # -- appending ----------------------------------------------------------------------------------
+
+    def has_room(self, size: int) -> bool:
+        return self.buffered_bytes == 0 or self.buffered_bytes + size <= self.buffer_bytes_max
+
+    def append(
+        self, tp: tuple[str, int], record: NewRecord | tuple, size: int, result: Any, now_ms: int
+    ) -> bool:
+        """Add a record to its partition's open batch (opening one if needed).
+
+        Returns True when the sender should look again: a batch was opened (its linger clock starts)
+        or closed (it is sendable now).
+        """
+        queue = self._queues.get(tp)
+        if queue is None:
+            tp = TopicPartition(*tp)
+            queue = self._queues[tp] = deque()
+        batch = queue[-1] if queue else None
+        wake = False
+        if batch is not None and not batch.closed and batch.size_bytes + size > self.batch_bytes_max:
+            batch.closed = True
+            wake = True
+        if batch is None or batch.closed:
+            batch = self._new_batch(TopicPartition(*tp), now_ms)
+            queue.append(batch)
+            wake = True
+        batch.records.append(record)
+        batch.results.append(result)
+        batch.size_bytes += size
+        self.buffered_bytes += size
+        if batch.size_bytes >= self.batch_bytes_max:
+            batch.closed = True
+            wake = True
+        return wake
+
+    def _new_batch(self, tp: TopicPartition, now_ms: int) -> ProducerBatch:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._incomplete[seq] = 1
+        self.buffered_bytes += HEADER_SIZE
+        return ProducerBatch(tp, seq, now_ms, now_ms + self.delivery_timeout_ms)
+
+    # -- sending ------------------------------------------------------------------------------------
+
+    def _sendable(self, batch: ProducerBatch, now_ms: int) -> bool:
+        if batch.attempts:
+            return now_ms >= batch.retry_at_ms
+        return batch.closed or self._flushing > 0 or now_ms >= batch.created_ms + self.linger_ms
+
+    def drain(self, now_ms: int) -> tuple[list[ProducerBatch], list[ProducerBatch]]:
+        """(batches to send now, batches that expired in their queue and must fail)."""
+        ready: list[ProducerBatch] = []
+        expired: list[ProducerBatch] = []
+        for tp, queue in self._queues.items():
+            while queue and now_ms >= queue[0].deadline_ms:
+                batch = queue.popleft()
+                expired.append(batch)
+            while queue and self._in_flight.get(tp, 0) < self.max_in_flight:
+                batch = queue[0]
+                if not self._sendable(batch, now_ms):
+                    break
+                queue.popleft()
+                batch.closed = True
+                self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
+                ready.append(batch)
+        for batch in expired:
+            self._finish(batch)
+        return ready, expired
+
+    def next_wakeup_ms(self, now_ms: int) -> int | None:
+        """When drain() may next have work without any new event (None: only an event can make work)."""
+        wake: int | None = None
+        for tp, queue in self._queues.items():
+            if not queue:
+                continue
+            head = queue[0]
+            due = head.deadline_ms
+            if self._in_flight.get(tp, 0) < self.max_in_flight:
+                if head.attempts:
+                    due = min(due, head.retry_at_ms)
+                elif head.closed or self._flushing:
+                    due = now_ms
+                else:
+                    due = min(due, head.created_ms + self.linger_ms)
+            wake = due if wake is None else min(wake, due)
+        return wake
+
+    # -- outcomes -----------------------------------------------------------------------------------
+
+    def on_success(self, batch: ProducerBatch) -> None:
+        self._release(batch)
+        self._finish(batch)
+
+    def on_failure(self, batch: ProducerBatch, error: RaftkaError, now_ms: int) -> Retry | Split | Fail:
+        """Decide what happens to a batch whose request failed; a Fail has left the accumulator."""
+        self._release(batch)
+        batch.last_error = error
+        queue = self._queues.setdefault(batch.tp, deque())
+        if isinstance(error, RecordTooLargeError) and batch.record_count > 1:
+            parts = self._split(batch)
+            queue.extendleft(reversed(parts))
+            return Split(parts)
+        if error.retriable:
+            backoff = self.backoff_ms(batch.attempts + 1)
+            if now_ms + backoff < batch.deadline_ms:
+                batch.attempts += 1
+                batch.retry_at_ms = now_ms + backoff
+                queue.appendleft(batch)
+                return Retry(batch.retry_at_ms)
+            error = self.timeout_error(batch, error)
+        self._finish(batch)
+        return Fail(error)
+
+    def timeout_error(self, batch: ProducerBatch, cause: RaftkaError | None) -> DeliveryTimeoutError:
+        reason = f": {cause.message}" if cause is not None else ""
+        error = DeliveryTimeoutError(
+            cause.error_code if cause is not None else None,
+            f"{batch.record_count} record(s) for {batch.tp.topic}-{batch.tp.partition} not delivered "
+            f"within delivery_timeout_ms = {self.delivery_timeout_ms} after {batch.attempts + 1} "
+            f"attempt(s){reason}",
+        )
+        error.__cause__ = cause
+        return error
+
+    def backoff_ms(self, attempt: int) -> int:
+        """Exponential backoff for the attempt-th retry (1-based), capped, with jitter."""
+        base = min(self.retry_backoff_ms * (2 ** (attempt - 1)), self.retry_backoff_max_ms)
+        return max(0, round(base * (1 + self._rng.uniform(-_JITTER, _JITTER))))
+
+    def _split(self, batch: ProducerBatch) -> tuple[ProducerBatch, ProducerBatch]:
+        half = batch.record_count // 2
+        parts = []
+        for records, results in (
+            (batch.records[:half], batch.results[:half]),
+            (batch.records[half:], batch.results[half:]),
+        ):
+            part = ProducerBatch(
+                batch.tp, batch.seq, batch.created_ms, batch.deadline_ms, records, results, closed=True
+            )
+            part.size_bytes = HEADER_SIZE + sum(record_size(r[0], r[1], r[3]) for r in records)
+            parts.append(part)
+        # The halves carry the bytes of the whole and each needs its own header.
+        self.buffered_bytes += HEADER_SIZE
+        self._incomplete[batch.seq] += 1
+        return parts[0], parts[1]
+
+    def _release(self, batch: ProducerBatch) -> None:
+        count = self._in_flight.get(batch.tp, 0)
+        assert count > 0, f"{batch.tp} has no request in flight to complete"
+        self._in_flight[batch.tp] = count - 1
+
+    def _finish(self, batch: ProducerBatch) -> None:
+        self.buffered_bytes -= batch.size_bytes
+        assert self.buffered_bytes >= 0, "buffered bytes went negative"
+        left = self._incomplete[batch.seq] - 1
+        if left:
+            self._incomplete[batch.seq] = left
+        else:
+            del self._incomplete[batch.seq]
+
+    # -- flush and close ----------------------------------------------------------------------------
+
+    def begin_flush(self) -> int:
+        """Make every batch sendable now; returns the seq that flush waits for (see done_through)."""
+        self._flushing += 1
+        return self._next_seq - 1
+
+    def end_flush(self) -> None:
+        assert self._flushing > 0, "end_flush without begin_flush"
+        self._flushing -= 1
+
+    def done_through(self, seq: int) -> bool:
+        """Whether every batch opened up to `seq` has completed (succeeded or failed)."""
+        return not self._incomplete or min(self._incomplete) > seq
+
+    def abort_queued(self) -> list[ProducerBatch]:
+        """Take every batch that is not in flight out of the accumulator (close without waiting)."""
+        aborted: list[ProducerBatch] = []
+        for queue in self._queues.values():
+            aborted.extend(queue)
+            queue.clear()
+        for batch in aborted:
+            self._finish(batch)
+        return aborted
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._incomplete
+
+    def in_flight(self, tp: TopicPartition) -> int:
+        return self._in_flight.get(tp, 0)

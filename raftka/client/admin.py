@@ -1,0 +1,198 @@
+"""`Admin`: topics (create, list, describe, alter, delete), offsets and the cluster, over HTTP/JSON.
+
+Admin requests go to any node (the node forwards what it does not lead), tried in the order of
+the bootstrap list; a refused connection moves on to the next address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from raftka.client._http import HttpTransport, parse_bootstrap, topic_path
+from raftka.client._metadata import ClusterMetadata
+from raftka.client.errors import RaftkaConnectionError, RaftkaError, RequestTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDescription:
+    partition: int
+    leader: int | None
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    leader_epoch: int | None
+    log_start_offset: int | None
+    high_watermark: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    name: str
+    topic_id: str | None
+    replication_factor: int | None
+    partitions: tuple[PartitionDescription, ...]
+    configs: dict[str, str]
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> TopicDescription:
+        partitions = tuple(
+            PartitionDescription(
+                partition=int(p["partition"]),
+                leader=p.get("leader"),
+                replicas=tuple(p.get("replicas") or ()),
+                isr=tuple(p.get("isr") or ()),
+                leader_epoch=p.get("leader_epoch"),
+                log_start_offset=p.get("log_start_offset"),
+                high_watermark=p.get("high_watermark"),
+            )
+            for p in document.get("partitions") or ()
+        )
+        return cls(
+            name=str(document["name"]),
+            topic_id=document.get("topic_id"),
+            replication_factor=document.get("replication_factor"),
+            partitions=tuple(sorted(partitions, key=lambda p: p.partition)),
+            configs={str(k): str(v) for k, v in (document.get("configs") or {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicListing:
+    name: str
+    partitions: int
+    replication_factor: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDescription:
+    node_id: int
+    address: str
+    rack: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDescription:
+    cluster_id: str
+    controller_id: int | None
+    brokers: tuple[BrokerDescription, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    log_start_offset: int
+    high_watermark: int
+    log_end_offset: int | None
+
+
+class Admin:
+    """Asyncio admin client. Use `async with Admin(...) as admin:` or call `close()`."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] | None = None,
+        *,
+        request_timeout_ms: int = 30_000,
+        transport: HttpTransport | None = None,
+    ):
+        self._owns_transport = transport is None
+        self._transport = transport or HttpTransport(request_timeout_ms=request_timeout_ms)
+        self._metadata = ClusterMetadata(self._transport, parse_bootstrap(bootstrap))
+
+    async def __aenter__(self) -> Admin:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_transport:
+            await self._transport.close()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._metadata.request_any(method, path, **kwargs)).json()
+
+    # -- topics -------------------------------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int | None = None,
+        replication_factor: int | None = None,
+        configs: Mapping[str, str | int | bool] | None = None,
+    ) -> TopicDescription:
+        """Create a topic; None leaves partitions and replication_factor to the node's defaults."""
+        body: dict[str, Any] = {"name": name}
+        if partitions is not None:
+            body["partitions"] = partitions
+        if replication_factor is not None:
+            body["replication_factor"] = replication_factor
+        if configs:
+            body["configs"] = dict(configs)
+        return TopicDescription.from_json(await self._call("POST", "/v1/topics", json=body))
+
+    async def list_topics(self) -> list[TopicListing]:
+        document = await self._call("GET", "/v1/topics")
+        return [
+            TopicListing(str(t["name"]), int(t["partitions"]), int(t["replication_factor"]))
+            for t in document.get("topics") or ()
+        ]
+
+    async def describe_topic(self, name: str) -> TopicDescription:
+        return TopicDescription.from_json(await self._call("GET", topic_path(name)))
+
+    async def alter_topic(
+        self,
+        name: str,
+        *,
+        partitions: int | None = None,
+        configs: Mapping[str, str | int | bool] | None = None,
+        delete_configs: Sequence[str] | None = None,
+    ) -> TopicDescription:
+        """Grow the partition count, set configs, remove configs (back to their defaults)."""
+        body: dict[str, Any] = {}
+        if partitions is not None:
+            body["partitions"] = partitions
+        if configs:
+            body["configs"] = dict(configs)
+        if delete_configs:
+            body["delete_configs"] = list(delete_configs)
+        return TopicDescription.from_json(await self._call("PATCH", topic_path(name), json=body))
+
+    async def delete_topic(self, name: str) -> None:
+        await self._call("DELETE", topic_path(name))
+
+    async def list_offsets(self, topic: str, partition: int) -> PartitionOffsets:
+        """The partition's log start offset, high watermark and log end offset."""
+        document = await self._call("GET", topic_path(topic, "partitions", partition, "offsets"))
+        return PartitionOffsets(
+            int(document["log_start_offset"]), int(document["high_watermark"]), document.get("log_end_offset")
+        )
+
+    async def offset_for_timestamp(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
+        """The first offset whose record's timestamp is >= timestamp_ms; None if no record is that new."""
+        path = topic_path(topic, "partitions", partition, "offsets")
+        return (await self._call("GET", path, params={"timestamp_ms": timestamp_ms})).get("offset")
+
+    # -- cluster ------------------------------------------------------------------------------------
+
+    async def describe_cluster(self) -> ClusterDescription:
+        document = await self._call("GET", "/v1/cluster")
+        return ClusterDescription(
+            cluster_id=str(document.get("cluster_id", "")),
+            controller_id=document.get("controller_id"),
+            brokers=tuple(
+                BrokerDescription(int(b["node_id"]), str(b["address"]), b.get("rack"))
+                for b in document.get("brokers") or ()
+            ),
+        )
+
+    async def node_ready(self, address: str) -> bool | None:
+        """GET /readyz on one node: True ready, False not ready, None unreachable."""
+        try:
+            await self._transport.request("GET", address, "/readyz", timeout_ms=5_000)
+        except (RaftkaConnectionError, RequestTimeoutError):
+            return None
+        except RaftkaError:
+            return False
+        return True
