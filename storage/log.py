@@ -156,6 +156,7 @@ class PartitionLog:
             self.segments.add(LogSegment(self.directory, base, self.config))
         recovered = truncated = deleted = 0
         error = None
+        recovered_epochs: list[tuple[int, int, int]] = []
         recover_from = None
         if not clean_shutdown:
             recover_from = self.segments.floor(self.recovery_point) or self.segments.first
@@ -163,10 +164,15 @@ class PartitionLog:
             if segment.deleted:
                 continue
             if recover_from is None or segment.base_offset < recover_from.base_offset:
-                segment.load()
+                damage = segment.load()
+                if damage:
+                    log.error("damaged batch kept unserved in %s: %s", segment.log_path, damage)
+                    error = error or damage
                 continue
-            result = segment.recover()
+            following = self.segments.higher(segment.base_offset)
+            result = segment.recover(offset_limit=following.base_offset if following else None)
             recovered += 1
+            recovered_epochs.extend(result.epoch_runs)
             if result.error:
                 error = result.error
                 truncated += result.truncated_bytes
@@ -182,6 +188,11 @@ class PartitionLog:
             max(self.log_start_offset, self.segments.first.base_offset), self.log_end_offset
         )
         self.epoch_cache.truncate_from_end(self.log_end_offset)
+        # A crash between appending the first batch of a new epoch and persisting the cache leaves the
+        # batch without its epoch entry: learn the epochs of the re-scanned batches again (as Kafka does).
+        for epoch, start, end in recovered_epochs:
+            if end > self.log_start_offset:
+                self.epoch_cache.assign(epoch, max(start, self.log_start_offset))
         self.epoch_cache.truncate_from_start(self.log_start_offset)
         self._rebuild_producer_state()
         if clean_shutdown:
@@ -328,7 +339,7 @@ class PartitionLog:
     def _segment_for(self, header: BatchHeader) -> LogSegment:
         """The active segment, rolled first when the batch does not fit or the segment is too old."""
         active = self.segments.active
-        if active.size == 0:
+        if active.size == 0 and active.can_hold(header, self.config.segment_bytes):
             return active
         too_old = (
             active.first_batch_timestamp is not None

@@ -68,6 +68,7 @@ class RecoveryResult:
     truncated_bytes: int
     batches: int
     error: str | None
+    epoch_runs: tuple[tuple[int, int, int], ...] = ()  # (leader epoch, first offset, end offset)
 
 
 class LogSegment:
@@ -101,20 +102,37 @@ class LogSegment:
 
     # -- loading and recovery ------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Trust the log bytes (below the recovery point) and load the indexes, rebuilding a bad one."""
+    def load(self) -> str | None:
+        """Trust the log bytes (below the recovery point) and load the indexes, rebuilding a bad one.
+
+        Damaged log bytes found on the way are not cut (that would open a hole in the middle of the log):
+        they stay, reads of them raise CorruptLogError, and the damage is returned for the load report.
+        """
         try:
             self.offset_index.load()
             self.time_index.load()
+            if self.size and (len(self.offset_index) == 0 or len(self.time_index) == 0):
+                # The first batch of a segment always gets an entry in both: an empty file was lost.
+                raise CorruptIndexError(f"{self.offset_index.path}: empty index for a non-empty log")
             last = self.offset_index.last_entry()
             if last is not None and last[1] >= self.size:
                 raise CorruptIndexError(f"{self.offset_index.path}: entry past the end of the log")
+        except CorruptIndexError:
+            return self.recover(truncate=False).error
+        try:
             self._scan_tail()
-        except (CorruptIndexError, InvalidBatchError):
-            self.recover()
+        except InvalidBatchError as exc:
+            return f"{self.log_path}: {exc}"
+        last_time = self.time_index.last_entry()
+        if last_time is not None and self.base_offset + last_time[1] >= self.next_offset:
+            return self.recover(truncate=False).error
+        return None
 
-    def recover(self) -> RecoveryResult:
-        """Re-scan the whole file, verify every batch, rebuild both indexes, cut at the first bad byte."""
+    def recover(self, *, truncate: bool = True, offset_limit: int | None = None) -> RecoveryResult:
+        """Re-scan the whole file, verify every batch, rebuild both indexes, cut at the first bad byte
+        (or, with `truncate=False`, only report it). Base offsets must increase and, when the next
+        segment's base is given as `offset_limit`, every offset must stay below it: the base offset is
+        outside the checksum, so these order checks are what catch a damaged one."""
         self.offset_index.reset()
         self.time_index.reset()
         self._reset_tail_state()
@@ -122,25 +140,34 @@ class LogSegment:
         batches = 0
         error = None
         expected_min = self.base_offset
+        epoch_runs: list[tuple[int, int, int]] = []
         try:
             for position, header, _view in self._scan(0, verify=True):
                 if header.base_offset < expected_min:
                     raise InvalidBatchError(
                         f"base offset {header.base_offset} does not follow offset {expected_min - 1}"
                     )
+                if offset_limit is not None and header.last_offset >= offset_limit:
+                    raise InvalidBatchError(
+                        f"batch offsets {header.base_offset}..{header.last_offset} run into the next segment at {offset_limit}"
+                    )
                 if header.last_offset - self.base_offset > RELATIVE_OFFSET_MAX:
                     raise InvalidBatchError(f"offset {header.last_offset} too far from the segment base")
                 self._index_batch(header, position)
+                if epoch_runs and epoch_runs[-1][0] == header.leader_epoch:
+                    epoch_runs[-1] = (header.leader_epoch, epoch_runs[-1][1], header.next_offset)
+                else:
+                    epoch_runs.append((header.leader_epoch, header.base_offset, header.next_offset))
                 expected_min = header.next_offset
                 valid = position + header.size
                 batches += 1
         except InvalidBatchError as exc:
             error = f"{self.log_path} at position {valid}: {exc}"
-        truncated = self.size - valid
+        truncated = self.size - valid if truncate else 0
         if truncated:
             os.ftruncate(self._fd, valid)
             self.size = valid
-        return RecoveryResult(valid, truncated, batches, error)
+        return RecoveryResult(valid, truncated, batches, error, tuple(epoch_runs))
 
     def reset(self) -> None:
         """Empty the segment: log and both indexes."""
