@@ -188,3 +188,33 @@ def test_sequence_numbers_wrap_like_kafka():
         base_sequence=2**31 - 1,
     )
     assert read_header(batch).last_sequence == 0
+
+
+@pytest.mark.parametrize(
+    ("record_field", "fmt", "value", "message"),
+    [
+        (0, "<i", 1, "offset delta"),  # offset delta of the first record
+        (12, "<i", -2, "negative length"),  # key length
+        (16, "<i", -7, "negative length"),  # value length
+        (20, "<i", -1, "header count"),
+        (20, "<i", 3, "runs past"),  # header count grown past the end
+    ],
+)
+def test_record_framing_walk_refuses_bad_records(record_field, fmt, value, message):
+    batch = bytearray(encode_batch([NewRecord(b"k", b"value", NOW, [("h", b"x")])], now_ms=NOW))
+    struct.pack_into(fmt, batch, HEADER_SIZE + record_field, value)
+    with pytest.raises(InvalidBatchError, match=message):
+        check_producer_batch(_rehashed(batch))
+
+
+def test_record_framing_walk_refuses_bytes_left_over():
+    batch = bytearray(encode_batch([NewRecord(b"k", b"value", NOW)], now_ms=NOW))
+    struct.pack_into("<i", batch, HEADER_SIZE + 16, 2)  # value length shrunk from 5 to 2
+    with pytest.raises(InvalidBatchError, match="3 bytes after its last record"):
+        check_producer_batch(_rehashed(batch))
+
+
+@given(records)
+@settings(max_examples=100, deadline=None)
+def test_record_framing_walk_accepts_what_the_encoder_writes(recs):
+    check_producer_batch(encode_batch(recs, now_ms=NOW))
