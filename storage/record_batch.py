@@ -342,16 +342,33 @@ def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | 
     pos = HEADER_SIZE
     last_delta = -1
     out: list[Record] = []
+    append = out.append
+    new_tuple = tuple.__new__  # builds the NamedTuple without its keyword-handling constructor
+    last_offset_delta = header.last_offset_delta
     unpack_record = _RECORD.unpack_from
     try:
         for _ in range(header.record_count):
             delta, ts_delta, key_len, value_len, header_count = unpack_record(buf, pos)
             pos += RECORD_HEADER_SIZE
-            if delta <= last_delta or delta > header.last_offset_delta:
+            if delta <= last_delta or delta > last_offset_delta:
                 raise InvalidBatchError(f"record offset delta {delta} out of order in batch at {base}")
             last_delta = delta
-            key, pos = _take(buf, pos, key_len, end)
-            value, pos = _take(buf, pos, value_len, end)
+            if key_len >= 0:
+                key = buf[pos : pos + key_len]
+                pos += key_len
+            elif key_len == -1:
+                key = None
+            else:
+                raise InvalidBatchError(f"key length {key_len} is neither -1 (null) nor a size")
+            if value_len >= 0:
+                value = buf[pos : pos + value_len]
+                pos += value_len
+            elif value_len == -1:
+                value = None
+            else:
+                raise InvalidBatchError(f"value length {value_len} is neither -1 (null) nor a size")
+            if pos > end:
+                raise InvalidBatchError(f"record at offset {base + delta} runs past the end of the batch")
             headers: tuple = ()
             if header_count:
                 if header_count < 0:
@@ -364,7 +381,7 @@ def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | 
                     hvalue, pos = _take(buf, pos, hvalue_len, end)
                     items.append((raw_name.decode(), hvalue))
                 headers = tuple(items)
-            out.append(Record(base + delta, first_ts + ts_delta, key, value, headers))
+            append(new_tuple(Record, (base + delta, first_ts + ts_delta, key, value, headers)))
     except struct.error as exc:
         raise InvalidBatchError(f"record framing runs past the batch at {base}: {exc}") from None
     except UnicodeDecodeError:
