@@ -11,8 +11,12 @@ fi
 STAMP="$VENV/.raftka-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "installing raftka and its dev dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip && "$VENV/bin/python" -m pip install -e "$ROOT[dev]"; } \
+        >"$VENV/install.log" 2>&1; then
+        cat "$VENV/install.log" >&2
+        echo "installing into $VENV failed (log above, also in $VENV/install.log)" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -36,7 +36,7 @@ VALUE_BYTES = 100
 
 async def produce(session, url: str, size: int, acks: str, seconds: float, in_flight: int) -> dict:
     value = os.urandom(VALUE_BYTES)
-    keys = [b"key-%05d" % i for i in range(size)]
+    records = [NewRecord(b"key-%05d" % i, value, None, ()) for i in range(size)]
     latencies: list[float] = []
     sent_records = 0
     sent_bytes = 0
