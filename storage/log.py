@@ -77,7 +77,9 @@ SWAP_MANIFEST = "cleaner-swap.json"
 DELETED_SUFFIX = ".deleted"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~1.7 us (object.__setattr__ per field), a tenth of a
+# whole one-record append (scripts/bench_storage.py).
+@dataclass(slots=True)
 class AppendInfo:
     first_offset: int
     last_offset: int
@@ -267,8 +269,9 @@ class PartitionLog:
         otherwise InvalidBatchError is raised and nothing is written.
         """
         header = check_batch(batch)
-        if header.size != len(batch):
-            raise InvalidBatchError(f"batch_length says {header.size} bytes but {len(batch)} were given")
+        size = header.size
+        if size != len(batch):
+            raise InvalidBatchError(f"batch_length says {size} bytes but {len(batch)} were given")
         if header.record_count != header.last_offset_delta + 1 or header.record_count == 0:
             raise InvalidBatchError("a produced batch must hold records at every offset it spans")
         self._check_size(header)
@@ -290,11 +293,13 @@ class PartitionLog:
                 if verdict.verdict is not Verdict.APPEND:
                     raise ProducerSequenceError(verdict.verdict, verdict.message)
             base = self.log_end_offset
-            stamped = header._replace(base_offset=base, leader_epoch=leader_epoch)
-            segment = self._segment_for(stamped)
+            # tuple.__new__ instead of NamedTuple._replace: 0.5 us instead of 1.3-2 us.
+            stamped = tuple.__new__(BatchHeader, (base, header[1], leader_epoch, *header[3:]))
+            now_ms = self.clock.now_ms()
+            segment = self._segment_for(stamped, now_ms)
             view = memoryview(batch)
             segment.append(stamped, [stamp_prefix(view, base, leader_epoch), view[17:]])
-            self._after_append(stamped)
+            self._after_append(stamped, now_ms)
             return AppendInfo(base, stamped.last_offset, stamped.max_timestamp, self.log_start_offset)
 
     def append_as_follower(self, data: bytes | bytearray | memoryview) -> AppendInfo | None:
@@ -318,8 +323,9 @@ class PartitionLog:
             if not headers:
                 return None
             for header, view in headers:
-                self._segment_for(header).append(header, [view])
-                self._after_append(header)
+                now_ms = self.clock.now_ms()
+                self._segment_for(header, now_ms).append(header, [view])
+                self._after_append(header, now_ms)
             first, last = headers[0][0], headers[-1][0]
             max_ts = max(h.max_timestamp for h, _ in headers)
             return AppendInfo(
@@ -336,14 +342,14 @@ class PartitionLog:
                 f"batch of {header.size} bytes exceeds segment.bytes = {self.config.segment_bytes}"
             )
 
-    def _segment_for(self, header: BatchHeader) -> LogSegment:
+    def _segment_for(self, header: BatchHeader, now_ms: int) -> LogSegment:
         """The active segment, rolled first when the batch does not fit or the segment is too old."""
         active = self.segments.active
         if active.size == 0 and active.can_hold(header, self.config.segment_bytes):
             return active
         too_old = (
             active.first_batch_timestamp is not None
-            and self.clock.now_ms() - active.first_batch_timestamp > self.config.segment_ms
+            and now_ms - active.first_batch_timestamp > self.config.segment_ms
         )
         if too_old or not active.can_hold(header, self.config.segment_bytes):
             return self._roll(header.base_offset)
@@ -366,20 +372,18 @@ class PartitionLog:
         self.producer_state.take_snapshot()
         return new
 
-    def _after_append(self, header: BatchHeader) -> None:
+    def _after_append(self, header: BatchHeader, now_ms: int) -> None:
         self.epoch_cache.assign(header.leader_epoch, header.base_offset)
         self.producer_state.update(header)
         self.log_end_offset = header.next_offset
-        self._maybe_flush_after_append()
+        self._maybe_flush_after_append(now_ms)
 
-    def _maybe_flush_after_append(self) -> None:
+    def _maybe_flush_after_append(self, now_ms: int) -> None:
         policy = self.config.flush_policy
         if policy is FlushPolicy.BATCH:
             self._flush_active_log()
-        elif policy is FlushPolicy.INTERVAL:
-            now = self.clock.now_ms()
-            if now - self._last_flush_ms >= self.config.flush_interval_ms:
-                self.flush()
+        elif policy is FlushPolicy.INTERVAL and now_ms - self._last_flush_ms >= self.config.flush_interval_ms:
+            self.flush()
 
     def _flush_active_log(self) -> None:
         os.fsync(self.segments.active._fd)

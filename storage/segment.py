@@ -35,12 +35,14 @@ from storage.fileio import remove_if_exists
 from storage.index import CorruptIndexError, OffsetIndex, TimeIndex
 from storage.record_batch import (
     HEADER_SIZE,
+    LOG_OVERHEAD,
     BatchHeader,
     InvalidBatchError,
     check_batch,
     check_header,
     decode_records,
     read_header,
+    read_size,
 )
 
 LOG_SUFFIX = ".log"
@@ -206,18 +208,19 @@ class LogSegment:
 
     def _index_batch(self, header: BatchHeader, position: int) -> None:
         """Account for a batch appended or scanned at `position`: indexes and tail state."""
+        max_timestamp = header.max_timestamp
         if self.first_batch_timestamp is None:
-            self.first_batch_timestamp = header.max_timestamp
-        if header.max_timestamp > self.max_timestamp:
-            self.max_timestamp = header.max_timestamp
-        if len(self.offset_index) == 0 or self._bytes_since_index_entry >= self.index_interval_bytes:
+            self.first_batch_timestamp = max_timestamp
+        if max_timestamp > self.max_timestamp:
+            self.max_timestamp = max_timestamp
+        if self._bytes_since_index_entry >= self.index_interval_bytes or len(self.offset_index) == 0:
             self.offset_index.append(header.base_offset, position)
             if self.max_timestamp > self._time_index_max:
                 self.time_index.append(self.max_timestamp, header.base_offset)
                 self._time_index_max = self.max_timestamp
             self._bytes_since_index_entry = 0
-        self._bytes_since_index_entry += header.size
-        self.next_offset = header.next_offset
+        self._bytes_since_index_entry += header.batch_length + LOG_OVERHEAD
+        self.next_offset = header.base_offset + header.last_offset_delta + 1
 
     # -- appends -------------------------------------------------------------------------------
 
@@ -243,12 +246,13 @@ class LogSegment:
         """Whether a batch still fits in this segment (size, index room, relative offsets)."""
         if self.size == 0:
             return header.last_offset - self.base_offset <= RELATIVE_OFFSET_MAX
+        end = self.size + header.batch_length + LOG_OVERHEAD
         return (
-            self.size + header.size <= segment_bytes
-            and self.size + header.size <= SEGMENT_POSITION_MAX
+            end <= segment_bytes
+            and end <= SEGMENT_POSITION_MAX
             and not self.offset_index.is_full
             and not self.time_index.is_full
-            and header.last_offset - self.base_offset <= RELATIVE_OFFSET_MAX
+            and header.base_offset + header.last_offset_delta - self.base_offset <= RELATIVE_OFFSET_MAX
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -337,21 +341,22 @@ class LogSegment:
         want = max(max_bytes, first.size) if min_one else max_bytes
         data = os.pread(self._fd, min(want, self.size - start), start)
         view = memoryview(data)
+        end = len(view)
         pos = 0
-        while pos + HEADER_SIZE <= len(view):
-            header = read_header(view, pos)
-            if max_offset is not None and header.base_offset >= max_offset:
+        while pos + HEADER_SIZE <= end:
+            # read_size is one small unpack; check_batch then parses and checks the header once.
+            base_offset, size = read_size(view, pos)
+            if max_offset is not None and base_offset >= max_offset:
                 break
-            if pos + header.size > len(view):
+            if pos + size > end:
                 break
             try:
-                check_header(header)
-                check_batch(view[pos : pos + header.size])
+                check_batch(view[: pos + size], pos)
             except InvalidBatchError as exc:
                 if pos == 0:
                     raise CorruptLogError(f"{self.log_path} at position {start}: {exc}") from None
                 break
-            pos += header.size
+            pos += size
         return data[:pos]
 
     def find_by_timestamp(self, timestamp: int, start_offset: int) -> FoundRecord | None:
