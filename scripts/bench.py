@@ -45,9 +45,7 @@ async def produce(session, url: str, size: int, acks: str, seconds: float, in_fl
     async def worker() -> None:
         nonlocal sent_records, sent_bytes
         while time.perf_counter() < deadline:
-            batch = encode_batch(
-                [NewRecord(k, value, None, ()) for k in keys], now_ms=time.time_ns() // 1_000_000
-            )
+            batch = encode_batch(records, now_ms=time.time_ns() // 1_000_000)
             started = time.perf_counter()
             async with session.post(
                 f"{url}?acks={acks}", data=batch, headers={"Content-Type": BATCH}
