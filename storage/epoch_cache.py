@@ -65,6 +65,10 @@ class LeaderEpochCache:
                 raise AssertionError(
                     f"epoch {epoch} starts at {start_offset}, before epoch {latest_epoch} at {latest_start}"
                 )
+            if start_offset == latest_start:
+                # The older epoch wrote nothing that is still in the log (retention or a truncation took
+                # it): the new epoch replaces it, as Kafka's cache drops entries at or past a new start.
+                self._entries.pop()
         self._entries.append((epoch, start_offset))
         self._persist()
         return True

@@ -49,3 +49,13 @@ def test_malformed_file_is_named(tmp_path):
     (tmp_path / FILE_NAME).write_text("0\n2\n1 0\n")
     with pytest.raises(ValueError, match="malformed leader epoch checkpoint"):
         LeaderEpochCache(str(tmp_path))
+
+
+def test_a_new_epoch_at_the_same_start_replaces_an_epoch_with_nothing_left(tmp_path):
+    cache = LeaderEpochCache(str(tmp_path))
+    cache.assign(0, 0)
+    cache.truncate_from_start(2)  # retention removed everything epoch 0 wrote
+    assert cache.entries == [(0, 2)]
+    cache.assign(1, 2)
+    assert cache.entries == [(1, 2)]
+    assert cache.end_offset_for(0, 5) == (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
