@@ -282,7 +282,7 @@ class Handlers:
             except InvalidBatchError as exc:
                 code = 42202 if "checksum" in str(exc) else 42201
                 raise ApiError(code, f"invalid record batch: {exc}") from None
-            info = partition.append(body)
+            info = partition.append(body, checked_header=header)  # checksum checked just above
             self.node.metrics.record_produce(partition.topic, header.record_count, len(body))
             base, last = (-1, -1) if acks == "0" else (info.first_offset, info.last_offset)
             return json_response(

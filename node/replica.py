@@ -36,7 +36,7 @@ from storage.errors import (
 from storage.log import AppendInfo, PartitionLog
 from storage.manager import LogManager
 from storage.producer_state import Verdict
-from storage.record_batch import CorruptBatchError
+from storage.record_batch import BatchHeader, CorruptBatchError
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,12 @@ class Partition:
                 f"min.insync.replicas is {self.min_insync_replicas}",
             )
 
-    def append(self, batch: bytes | memoryview) -> AppendInfo:
-        """Append one producer batch as leader; ApiError for anything refused (nothing written)."""
+    def append(self, batch: bytes | memoryview, checked_header: BatchHeader | None = None) -> AppendInfo:
+        """Append one producer batch as leader; ApiError for anything refused (nothing written).
+        `checked_header`: what check_producer_batch returned for these bytes (see append_as_leader)."""
         self.check_leader()
         try:
-            info = self.log.append_as_leader(batch, self.info.leader_epoch)
+            info = self.log.append_as_leader(batch, self.info.leader_epoch, checked_header)
         except CorruptBatchError as exc:
             raise ApiError(42202, f"corrupt record batch: {exc}") from None
         except InvalidBatchError as exc:

@@ -257,7 +257,12 @@ class PartitionLog:
 
     # -- appends -----------------------------------------------------------------------------------
 
-    def append_as_leader(self, batch: bytes | bytearray | memoryview, leader_epoch: int) -> AppendInfo:
+    def append_as_leader(
+        self,
+        batch: bytes | bytearray | memoryview,
+        leader_epoch: int,
+        checked_header: BatchHeader | None = None,
+    ) -> AppendInfo:
         """Give one producer batch the next offsets and `leader_epoch`, and append it.
 
         An idempotent batch (producer id and base sequence set) is checked against the producer state
@@ -266,9 +271,13 @@ class PartitionLog:
         ProducerSequenceError.
 
         The batch must be a single dense batch with a valid checksum (the HTTP edge checks its records);
-        otherwise InvalidBatchError is raised and nothing is written.
+        otherwise InvalidBatchError is raised and nothing is written. `checked_header` is what
+        `check_batch` (or `check_producer_batch`) returned for these very bytes just before this call: it
+        saves hashing the batch a second time, and is used only when `batch` is immutable `bytes`.
         """
-        header = check_batch(batch)
+        # check_batch already ran on these same bytes, and bytes cannot change since.
+        reuse = checked_header is not None and type(batch) is bytes
+        header = checked_header if reuse else check_batch(batch)
         size = header.size
         if size != len(batch):
             raise InvalidBatchError(f"batch_length says {size} bytes but {len(batch)} were given")

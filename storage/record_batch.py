@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 import xxhash
@@ -58,6 +59,9 @@ LOG_OVERHEAD = 12  # base_offset + batch_length: bytes not counted by batch_leng
 CHECKSUM_START = 25  # the checksum covers batch[CHECKSUM_START:]
 COMPRESSION_MASK = 0x07
 KNOWN_ATTRIBUTES = COMPRESSION_MASK  # every other bit is reserved and must be zero
+# From this many records, a batch whose records all share one layout is checked and decoded with strided
+# slices and struct.iter_unpack instead of a Python loop per record; below it the loop is as fast.
+UNIFORM_MIN_RECORDS = 16
 
 INT32_MAX = 2**31 - 1
 INT64_MIN = -(2**63)
@@ -279,6 +283,8 @@ def check_record_framing(batch: bytes | bytearray | memoryview, header: BatchHea
     end = header.size
     if len(batch) < end:
         raise InvalidBatchError(f"batch of {end} bytes given only {len(batch)} bytes")
+    if uniform_record_size(batch, 0, header) is not None:
+        return  # every record walked below would pass: same layout, dense deltas, exact length
     unpack_record = _RECORD.unpack_from
     unpack_kv = _HEADER_KV.unpack_from
     pos = HEADER_SIZE
@@ -304,6 +310,49 @@ def check_record_framing(batch: bytes | bytearray | memoryview, header: BatchHea
         raise InvalidBatchError("record framing runs past the end of the batch") from None
     if pos != end:
         raise InvalidBatchError(f"batch has {end - pos} bytes after its last record")
+
+
+def uniform_record_size(batch: bytes | bytearray | memoryview, pos: int, header: BatchHeader) -> int | None:
+    """The size of every record of the batch at `pos` when they all share the first record's layout,
+    else None (then walk the records one by one).
+
+    Shared layout: the batch holds at least UNIFORM_MIN_RECORDS records, none with headers; record i
+    has offset delta i (a dense batch) and the first record's key and value lengths (each -1 or more);
+    and record_count of those records fill the batch exactly. Such a batch passes
+    `check_record_framing`, and `decode_records` may slice it at fixed strides. Checked with one
+    strided slice per byte of the record header fields, in C: about 20 us for 1,000 records against
+    about 400 us for the walk (scripts/bench.py)."""
+    count = header.record_count
+    if count < UNIFORM_MIN_RECORDS or count > header.last_offset_delta + 1:
+        return None
+    start = pos + HEADER_SIZE
+    end = pos + header.size
+    if len(batch) < end or end - start < RECORD_HEADER_SIZE:
+        return None
+    _delta, _ts, key_len, value_len, header_count = _RECORD.unpack_from(batch, start)
+    if header_count or key_len < -1 or value_len < -1:
+        return None
+    size = RECORD_HEADER_SIZE + (key_len if key_len > 0 else 0) + (value_len if value_len > 0 else 0)
+    if end - start != size * count:
+        return None
+    data = batch if isinstance(batch, bytes) else bytes(memoryview(batch)[start:end])
+    if data is not batch:
+        start, end = 0, end - start
+    deltas = _dense_delta_columns(count)
+    for byte in range(4):  # offset_delta, little-endian: byte k of record i is byte k of i
+        if data[start + byte : end : size] != deltas[byte]:
+            return None
+    for byte in range(12, RECORD_HEADER_SIZE):  # key_length, value_length, header_count
+        if data[start + byte : end : size] != data[start + byte : start + byte + 1] * count:
+            return None
+    return size
+
+
+@lru_cache(maxsize=8)
+def _dense_delta_columns(count: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """Byte k (little-endian) of the offset deltas 0 .. count - 1, one bytes per k."""
+    packed = struct.pack(f"<{count}i", *range(count))
+    return packed[0::4], packed[1::4], packed[2::4], packed[3::4]
 
 
 def iter_batches(
@@ -337,13 +386,37 @@ def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | 
     if len(batch) < end:
         raise InvalidBatchError(f"batch of {end} bytes given only {len(batch)} bytes")
     buf = bytes(batch[:end]) if not isinstance(batch, bytes) else batch
+    return _decode_records_at(buf, 0, header)
+
+
+def _decode_records_at(buf: bytes, start: int, header: BatchHeader) -> list[Record]:
+    """Decode the records of the batch at `start` in `buf`, which holds all of it (`header.size` bytes)."""
     base = header.base_offset
     first_ts = header.first_timestamp
-    pos = HEADER_SIZE
+    new_tuple = tuple.__new__  # builds the NamedTuple without its keyword-handling constructor
+    record_size = uniform_record_size(buf, start, header)
+    if record_size is not None:
+        _delta, _ts, key_len, value_len, _count = _RECORD.unpack_from(buf, start + HEADER_SIZE)
+        if value_len >= 0:
+            # Record i: offset delta i, lengths as the first record's, no headers (checked above).
+            rows = _uniform_record_fields(key_len, value_len).iter_unpack(
+                memoryview(buf)[start + HEADER_SIZE : start + header.size]
+            )
+            offsets = range(base, base + header.record_count)  # exactly one row per record: strict
+            if key_len >= 0:
+                return [
+                    new_tuple(Record, (o, first_ts + t, k, v, ()))
+                    for o, (t, k, v) in zip(offsets, rows, strict=True)
+                ]
+            return [
+                new_tuple(Record, (o, first_ts + t, None, v, ()))
+                for o, (t, v) in zip(offsets, rows, strict=True)
+            ]
+    end = start + header.size
+    pos = start + HEADER_SIZE
     last_delta = -1
     out: list[Record] = []
     append = out.append
-    new_tuple = tuple.__new__  # builds the NamedTuple without its keyword-handling constructor
     last_offset_delta = header.last_offset_delta
     unpack_record = _RECORD.unpack_from
     try:
@@ -391,6 +464,13 @@ def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | 
     return out
 
 
+@lru_cache(maxsize=64)
+def _uniform_record_fields(key_len: int, value_len: int) -> struct.Struct:
+    """(timestamp_delta, key, value) of one header-less record with these lengths; no key when -1."""
+    key = f"{key_len}s" if key_len >= 0 else ""
+    return struct.Struct(f"<4xq12x{key}{value_len}s")
+
+
 def _take(buf: bytes, pos: int, length: int, end: int) -> tuple[bytes | None, int]:
     if length < 0:
         if length != -1:
@@ -404,9 +484,12 @@ def _take(buf: bytes, pos: int, length: int, end: int) -> tuple[bytes | None, in
 
 def decode_batches(buf: bytes | bytearray | memoryview, *, verify: bool = True) -> list[Record]:
     """Decode every record of a run of whole batches (a fetch response, a segment slice)."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
     out: list[Record] = []
-    for header, view in iter_batches(buf, verify=verify):
-        out.extend(decode_records(view, header))
+    start = 0
+    for header, _view in iter_batches(data, verify=verify):
+        out.extend(_decode_records_at(data, start, header))  # no copy of each batch
+        start += header.size
     return out
 
 

@@ -315,3 +315,16 @@ def test_a_million_records_over_many_segments(tmp_path, clock):
             count += header.record_count
     assert count == total
     assert os.path.exists(os.path.join(path, "leader-epoch-checkpoint"))
+
+
+def test_a_checked_header_spares_the_second_checksum_only_for_immutable_bytes(tmp_path, clock):
+    log = PartitionLog(str(tmp_path / "t-0"), SMALL, clock=clock)
+    good = make_batch(["a", "b"])
+    header = check_batch(good)
+    assert log.append_as_leader(good, 0, checked_header=header).first_offset == 0
+    damaged = bytearray(good)
+    damaged[-1] ^= 0xFF  # a mutable buffer could have changed since it was checked: it is hashed again
+    with pytest.raises(InvalidBatchError, match="checksum"):
+        log.append_as_leader(damaged, 0, checked_header=header)
+    assert log.log_end_offset == 2
+    assert [r.value for r in decode_batches(log.read(0, 1 << 20))] == [b"a", b"b"]

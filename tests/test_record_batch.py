@@ -8,19 +8,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storage import record_batch
 from storage.record_batch import (
     HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    UNIFORM_MIN_RECORDS,
     CorruptBatchError,
     InvalidBatchError,
     NewRecord,
     check_batch,
     check_producer_batch,
+    check_record_framing,
     decode_batches,
     decode_records,
     encode_batch,
     iter_batches,
     read_header,
     stamp_prefix,
+    uniform_record_size,
 )
 
 NOW = 1_764_000_000_000
@@ -218,3 +223,63 @@ def test_record_framing_walk_refuses_bytes_left_over():
 @settings(max_examples=100, deadline=None)
 def test_record_framing_walk_accepts_what_the_encoder_writes(recs):
     check_producer_batch(encode_batch(recs, now_ms=NOW))
+
+
+# The shared-layout fast path (uniform_record_size) must agree with the record-by-record walk on every
+# batch: on the ones it takes, and on the ones it must hand back to the walk.
+
+uniform_layouts = st.tuples(
+    st.integers(UNIFORM_MIN_RECORDS, 70),  # record count
+    st.integers(-1, 12),  # key length, -1 = null
+    st.integers(-1, 12),  # value length, -1 = null
+    st.lists(st.integers(NOW - 10**6, NOW + 10**6), min_size=1, max_size=3),  # timestamps cycled
+)
+
+
+def _uniform_batch(count: int, key_len: int, value_len: int, stamps: list[int]) -> bytes:
+    def field(length: int, i: int) -> bytes | None:
+        return None if length < 0 else bytes([i % 251]) * length
+
+    recs = [
+        NewRecord(field(key_len, i), field(value_len, i + 1), stamps[i % len(stamps)]) for i in range(count)
+    ]
+    return encode_batch(recs, now_ms=NOW, base_offset=40)
+
+
+def _outcome(action):
+    try:
+        return ("ok", action())
+    except InvalidBatchError as exc:
+        return ("refused", type(exc))
+
+
+@given(uniform_layouts, st.data())
+@settings(max_examples=300, deadline=None)
+def test_shared_layout_path_agrees_with_the_walk(layout, data):
+    batch = bytearray(_uniform_batch(*layout))
+    if data.draw(st.booleans(), label="damage a record header"):
+        record = data.draw(st.integers(0, layout[0] - 1), label="record")
+        size = RECORD_HEADER_SIZE + max(layout[1], 0) + max(layout[2], 0)
+        at = HEADER_SIZE + record * size + data.draw(st.integers(0, RECORD_HEADER_SIZE - 1), label="byte")
+        batch[at] ^= data.draw(st.integers(1, 255), label="xor")
+    batch = _rehashed(batch)
+    header = read_header(batch)
+    fast = (_outcome(lambda: check_record_framing(batch, header)), _outcome(lambda: decode_records(batch)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(record_batch, "UNIFORM_MIN_RECORDS", 10**9)  # the walk only
+        walk = (
+            _outcome(lambda: check_record_framing(batch, header)),
+            _outcome(lambda: decode_records(batch)),
+        )
+    assert fast == walk
+    if fast[0][0] == "ok":
+        assert decode_batches(batch + batch) == walk[1][1] * 2
+
+
+def test_shared_layout_path_is_taken_for_a_dense_batch_and_not_for_a_compacted_one():
+    batch = _uniform_batch(100, 9, 100, [NOW])
+    assert uniform_record_size(batch, 0, read_header(batch)) == RECORD_HEADER_SIZE + 9 + 100
+    recs = [NewRecord(b"k", b"v", NOW)] * 20
+    sparse = encode_batch(recs, now_ms=NOW, offset_deltas=list(range(0, 40, 2)))
+    assert uniform_record_size(sparse, 0, read_header(sparse)) is None
+    assert [r.offset for r in decode_records(sparse)] == list(range(0, 40, 2))
