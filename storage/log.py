@@ -422,7 +422,7 @@ class PartitionLog:
                 return b""
             for segment in self.segments.from_offset(offset):
                 data = segment.read(offset, max_bytes, max_offset, min_one)
-                if data:
+                if data is not None:  # the batch holding `offset` is here, whether or not it fitted
                     return data
                 if max_offset is not None and segment.next_offset >= max_offset:
                     break

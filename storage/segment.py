@@ -317,16 +317,20 @@ class LogSegment:
             raise CorruptLogError(f"{self.log_path} at position {position}: {exc}") from None
         return header
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None = None, min_one: bool = True) -> bytes:
+    def read(
+        self, offset: int, max_bytes: int, max_offset: int | None = None, min_one: bool = True
+    ) -> bytes | None:
         """Whole batches starting with the one holding `offset`, at most `max_bytes` of them (but at least
-        one batch when `min_one`), none with a base offset at or above `max_offset`.
+        one batch when `min_one`), none with a base offset at or above `max_offset`. None when this
+        segment holds no batch at or after `offset` (the caller goes on to the next segment); b"" when it
+        does but nothing may be returned (the first batch is too big, or at `max_offset`).
 
         Every returned batch passed its checksum; a batch that fails raises CorruptLogError if it would be
         the first one returned, and otherwise ends the read before it.
         """
         located = self._locate(offset)
         if located is None:
-            return b""
+            return None
         return self.read_at(located[0], max_bytes, max_offset, min_one)
 
     def read_at(

@@ -328,3 +328,14 @@ def test_a_checked_header_spares_the_second_checksum_only_for_immutable_bytes(tm
         log.append_as_leader(damaged, 0, checked_header=header)
     assert log.log_end_offset == 2
     assert [r.value for r in decode_batches(log.read(0, 1 << 20))] == [b"a", b"b"]
+
+
+def test_a_batch_too_big_for_max_bytes_is_not_skipped_for_a_later_segment(tmp_path, clock):
+    """Regression (found by the model test): with min_one=False, a first batch that does not fit must end
+    the read, not let it go on to the next segment and skip offsets."""
+    log = PartitionLog(str(tmp_path / "t-0"), LogConfig(segment_bytes=1024), clock=clock)
+    log.append_as_leader(make_batch(["x" * 100, "y" * 100, "z" * 100]), 0)  # offsets 0-2
+    log.roll()
+    log.append_as_leader(make_batch(["a"]), 0)  # offset 3, in the next segment
+    assert log.read(1, 123, min_one=False) == b""
+    assert [r.offset for r in decode_batches(log.read(1, 123))] == [0, 1, 2]
