@@ -466,6 +466,9 @@ class PartitionLog:
                 self.segments.remove(segment.base_offset).delete()
             removed += self.segments.active.truncate_to(offset)
             self.log_end_offset = self.segments.active.next_offset
+            # Whole batches go: the batch holding the log start offset may begin below it, and removing
+            # it must not leave the start above the end.
+            self.log_start_offset = min(self.log_start_offset, self.log_end_offset)
             self.recovery_point = min(self.recovery_point, self.log_end_offset)
             self.epoch_cache.truncate_from_end(self.log_end_offset)
             self.producer_state.delete_snapshots_above(self.log_end_offset)

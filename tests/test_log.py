@@ -339,3 +339,15 @@ def test_a_batch_too_big_for_max_bytes_is_not_skipped_for_a_later_segment(tmp_pa
     log.append_as_leader(make_batch(["a"]), 0)  # offset 3, in the next segment
     assert log.read(1, 123, min_one=False) == b""
     assert [r.offset for r in decode_batches(log.read(1, 123))] == [0, 1, 2]
+
+
+def test_truncating_the_batch_that_holds_the_log_start_offset(tmp_path, clock):
+    """Regression (found by the model test): the log start offset may sit inside a batch; truncating
+    that batch must not leave the start above the end."""
+    log = PartitionLog(str(tmp_path / "t-0"), LogConfig(), clock=clock)
+    log.append_as_leader(make_batch(["a", "b"]), 0)  # offsets 0-1
+    log.append_as_leader(make_batch(["c", "d", "e", "f"]), 0)  # offsets 2-5
+    log.advance_log_start_offset(3, upper_bound_offset=6)
+    log.truncate_to(4)  # removes the batch 2-5, which holds the start offset 3
+    assert (log.log_start_offset, log.log_end_offset) == (2, 2)
+    assert log.append_as_leader(make_batch(["g"]), 0).first_offset == 2
