@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, note, settings
+from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -98,16 +98,10 @@ appends = st.lists(
 )
 
 # Draws whose range depends on the log's state (an offset between the LSO and the LEO) go through
-# `pick`: the choice hypothesis records is the same kind whatever the state, so when the shrinker
-# removes an earlier step the later choices still fit and shrinking stays fast. The value a step uses
-# is written to the report with `note`.
+# `pick`: the choice hypothesis records has the same range whatever the state, so when the shrinker
+# changes an earlier step the later choices still fit instead of wasting the attempt. The value a step
+# uses is written to the failure report with `note`.
 PICK_MAX = 2**16 - 1
-REFUSED_REQUESTS = [
-    "read below the LSO",
-    "read above the LEO",
-    "batch larger than a segment",
-    "stale leader epoch",
-]
 
 
 def pick(data, low: int, high: int, label: str) -> int:
@@ -383,16 +377,23 @@ class PartitionLogMachine(RuleBasedStateMachine):
         assert not info.duplicate
         assert self.log.segments.floor(expected.base_offset).next_offset == expected.next_offset
 
+    REFUSED_REQUESTS = (
+        "read below the LSO",
+        "read above the LEO",
+        "batch larger than a segment",
+        "stale epoch",
+    )
+
     @rule(data=st.data())
     def refused_requests_change_nothing(self, data) -> None:
         """Bad requests raise and leave the log as it was (the invariants check the "as it was")."""
         model = self.model
-        request = data.draw(st.sampled_from(REFUSED_REQUESTS), label="request")
+        request = data.draw(st.sampled_from(self.REFUSED_REQUESTS), label="request")
         stale_epoch = pick(data, 0, model.latest_epoch() - 1, "stale epoch")
-        if request == "stale leader epoch" and model.latest_epoch() < 1:
+        if request == "stale epoch" and model.latest_epoch() < 1:
             request = "batch larger than a segment"  # no epoch is stale yet
+        note(f"{request} (epoch {stale_epoch})" if request == "stale epoch" else request)
         now = self.clock.now_ms()
-        note(f"{request} (stale epoch {stale_epoch})")
         if request == "read below the LSO":
             with pytest.raises(OffsetOutOfRangeError):
                 self.log.read(model.log_start_offset - 1, READ_BYTES_MAX)
@@ -616,15 +617,16 @@ class PartitionLogMachine(RuleBasedStateMachine):
         log_start_offset = log.log_start_offset
         if clean:
             log.close()
+            recovery_point = log.recovery_point  # close flushed everything: the LEO
         else:
             recovery_point = log.recovery_point
             log.close_unflushed()  # nothing is lost: the OS still has every write
-        self.log = None
+        self.log = None  # if reopening raises, teardown must not close the old log twice
         self.log = PartitionLog(
             self.directory,
             self.config,
             clock=self.clock,
-            recovery_point=log.recovery_point if clean else recovery_point,
+            recovery_point=recovery_point,
             log_start_offset=log_start_offset,
             clean_shutdown=clean,
         )
@@ -675,11 +677,10 @@ class PartitionLogMachine(RuleBasedStateMachine):
 
 
 PartitionLogMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=500,
     stateful_step_count=20,
     deadline=None,
     report_multiple_bugs=False,
-    suppress_health_check=[HealthCheck.too_slow],
 )
 test_partition_log_matches_model = PartitionLogMachine.TestCase
 
@@ -703,6 +704,7 @@ def append_values(machine: PartitionLogMachine, value_bytes: int, count: int) ->
 
 
 def test_truncating_the_batch_that_holds_the_log_start_offset_keeps_lso_at_or_below_leo(machine):
+    """The LSO may sit inside a batch; truncation removes that whole batch, and the LSO must follow."""
     append_values(machine, 1, 5)  # one batch, offsets 0..4
     machine.check_advance_log_start_offset(2, upper_bound=5)  # LSO inside the batch
     machine.check_truncate_to(3)  # removes the batch: LEO 0
@@ -710,6 +712,7 @@ def test_truncating_the_batch_that_holds_the_log_start_offset_keeps_lso_at_or_be
 
 
 def test_read_without_min_one_does_not_skip_a_batch_larger_than_max_bytes(machine):
+    """A read starts with the batch holding the offset or returns nothing; never a later segment's."""
     append_values(machine, 100, 3)  # offsets 0..2, larger than max_bytes below
     machine.check_roll()
     append_values(machine, 1, 1)  # offset 3, in the next segment
@@ -717,6 +720,8 @@ def test_read_without_min_one_does_not_skip_a_batch_larger_than_max_bytes(machin
 
 
 def test_a_new_epoch_replaces_one_the_log_start_offset_left_empty(machine):
+    """An epoch whose start the LSO moved to the LEO holds no offset: the next epoch replaces it, as in
+    Kafka, instead of a second entry at the same offset (which loading would drop after a restart)."""
     append_values(machine, 1, 3)  # epoch 0 wrote offsets 0..2
     machine.check_advance_log_start_offset(3, upper_bound=3)  # epoch 0 now starts at 3, the LEO
     machine.append_batch([NewRecord(b"k", b"v")], epoch_bump=1)  # epoch 1 writes offset 3
