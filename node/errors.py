@@ -41,6 +41,3 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error_code": self.error_code, "message": self.message, **self.extra}
-
-
-RETRIABLE_CODES = frozenset({40403, 50301, 50302})

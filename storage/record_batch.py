@@ -46,7 +46,7 @@ Thread-safety: every function here is pure and thread-safe.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -491,7 +491,3 @@ def decode_batches(buf: bytes | bytearray | memoryview, *, verify: bool = True) 
         out.extend(_decode_records_at(data, start, header))  # no copy of each batch
         start += header.size
     return out
-
-
-def concat(batches: Iterable[bytes]) -> bytes:
-    return b"".join(batches)
