@@ -1,4 +1,4 @@
-"""The metadata image: what the cluster knows about topics, partitions and brokers.
+"""The metadata image: what the cluster knows about topics, partitions, brokers and its controller.
 
 Theory of operation
 -------------------
@@ -6,6 +6,10 @@ The image is a plain, immutable value. It changes only by applying a command (me
 a pure function from (image, command) to a new image, so every replica that applies the same commands
 in the same order holds the same image, and a test can check the image without Raft. `to_dict` and
 `from_dict` give the JSON form used by snapshots and by `GET` endpoints.
+
+`version` counts the commands applied (the metadata offset a node reports); `controller_id` and
+`controller_epoch` name the controller whose activation was applied last: its epoch is the Raft term
+it was elected in, and commands from any other epoch are ignored when applied (fencing).
 
 Thread-safety: immutable, so safe to share; holders swap the whole image.
 """
@@ -16,11 +20,13 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+NO_LEADER = -1
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
     replicas: tuple[int, ...]
-    leader: int
+    leader: int  # NO_LEADER when no in-sync replica is alive
     leader_epoch: int
     isr: tuple[int, ...]
     partition_epoch: int
@@ -38,13 +44,29 @@ class TopicInfo:
         return len(self.partitions[0].replicas) if self.partitions else 0
 
 
+BROKER_ROLES = ("controller", "broker")
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
     node_id: int
     address: str  # advertised HTTP host:port
     rack: str | None = None
-    epoch: int = 0
+    epoch: int = 0  # the metadata version that registered this incarnation
     fenced: bool = False
+    shutting_down: bool = False
+    roles: tuple[str, ...] = BROKER_ROLES
+
+    @property
+    def status(self) -> str:
+        if self.fenced:
+            return "fenced"
+        return "shutting_down" if self.shutting_down else "active"
+
+    @property
+    def active(self) -> bool:
+        """May lead and be in an ISR: registered, caught up, alive and not leaving."""
+        return not self.fenced and not self.shutting_down
 
 
 def _frozen(mapping: dict | None = None) -> MappingProxyType:
@@ -56,6 +78,10 @@ class MetadataImage:
     topics: MappingProxyType = field(default_factory=_frozen)  # name -> TopicInfo
     brokers: MappingProxyType = field(default_factory=_frozen)  # node id -> BrokerInfo
     version: int = 0  # commands applied so far
+    controller_id: int = -1
+    controller_epoch: int = 0
+    next_producer_id: int = 0  # the first id of the next producer-id block
+    cluster_id: str = ""  # chosen by the first controller, never changed
 
     def topic(self, name: str) -> TopicInfo | None:
         return self.topics.get(name)
@@ -66,11 +92,18 @@ class MetadataImage:
     def with_brokers(self, brokers: dict) -> MetadataImage:
         return replace(self, brokers=_frozen(brokers))
 
+    def active_brokers(self) -> list[int]:
+        return sorted(b.node_id for b in self.brokers.values() if b.active)
+
     # -- JSON form ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
+            "controller_id": self.controller_id,
+            "controller_epoch": self.controller_epoch,
+            "next_producer_id": self.next_producer_id,
+            "cluster_id": self.cluster_id,
             "topics": [topic_to_dict(t) for t in self.topics.values()],
             "brokers": [
                 {
@@ -79,6 +112,8 @@ class MetadataImage:
                     "rack": b.rack,
                     "epoch": b.epoch,
                     "fenced": b.fenced,
+                    "shutting_down": b.shutting_down,
+                    "roles": list(b.roles),
                 }
                 for b in self.brokers.values()
             ],
@@ -101,11 +136,25 @@ class MetadataImage:
             topics[t["name"]] = TopicInfo(t["name"], t["topic_id"], _frozen(t["configs"]), partitions)
         brokers = {
             b["node_id"]: BrokerInfo(
-                b["node_id"], b["address"], b.get("rack"), b.get("epoch", 0), b.get("fenced", False)
+                b["node_id"],
+                b["address"],
+                b.get("rack"),
+                b.get("epoch", 0),
+                b.get("fenced", False),
+                b.get("shutting_down", False),
+                tuple(b.get("roles", BROKER_ROLES)),
             )
             for b in data.get("brokers", [])
         }
-        return cls(_frozen(topics), _frozen(brokers), int(data.get("version", 0)))
+        return cls(
+            _frozen(topics),
+            _frozen(brokers),
+            int(data.get("version", 0)),
+            int(data.get("controller_id", -1)),
+            int(data.get("controller_epoch", 0)),
+            int(data.get("next_producer_id", 0)),
+            str(data.get("cluster_id", "")),
+        )
 
 
 def topic_to_dict(topic: TopicInfo) -> dict[str, Any]:

@@ -151,3 +151,7 @@ def log_config(configs: dict[str, str]) -> LogConfig:
 
 def min_insync_replicas(configs: dict[str, str]) -> int:
     return int(configs.get("min.insync.replicas", CONFIGS["min.insync.replicas"].default))
+
+
+def unclean_leader_election(configs: dict[str, str]) -> bool:
+    return _bool(configs.get("unclean.leader.election.enable", "false"))

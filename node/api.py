@@ -14,7 +14,9 @@ import logging
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -24,9 +26,10 @@ from metadata.commands import (
     plan_create_partitions,
     plan_delete_topic,
 )
-from metadata.image import TopicInfo
+from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
 from node.errors import ApiError
+from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import parse_produce_body, record_to_json
 from node.replica import FetchResult, Partition
@@ -152,7 +155,51 @@ class Handlers:
             document.get("replication_factor", config.default_replication_factor),
             document.get("configs"),
         )
-        return json_response(self.describe(topic), status=201)
+        return json_response(self.describe(topic), status=201, headers=self.version_header())
+
+    def version_header(self) -> dict[str, str]:
+        return {METADATA_VERSION_HEADER: str(self.node.store.image.version)}
+
+    def controller_or_forward(self, request: web.Request) -> None:
+        """Return when this node is the active controller; otherwise forward the request to it."""
+        controller = self.node.controller
+        if controller is not None and controller.active:
+            return
+        address = self.node.lifecycle.controller_address()
+        if address is None or is_forwarded(request):
+            image = self.node.store.image
+            raise ApiError(
+                50303,
+                f"node {self.node.config.node_id} is not the active controller and cannot reach it "
+                f"(controller: {image.controller_id}); retry",
+            )
+        raise ForwardTo(address, "the active controller")
+
+    def leader_or_forward(self, request: web.Request, topic_name: str, index: int) -> Partition:
+        """This node's replica when it leads the partition; otherwise forward the request to the leader."""
+        topic = self.replicas.topic(topic_name)
+        if not 0 <= index < len(topic.partitions):
+            raise ApiError(
+                40402, f"topic {topic_name!r} has no partition {index} (it has {len(topic.partitions)})"
+            )
+        info = topic.partitions[index]
+        me = self.node.config.node_id
+        if info.leader == me:
+            partition = self.replicas.partitions.get((topic_name, index))
+            if partition is not None:
+                return partition
+        if info.leader == NO_LEADER:
+            raise ApiError(
+                40403,
+                f"partition {topic_name}-{index} has no leader: none of its in-sync replicas is available",
+            )
+        broker = self.node.store.image.brokers.get(info.leader)
+        if broker is None or broker.fenced or is_forwarded(request):
+            raise ApiError(
+                40403,
+                f"node {me} is not the leader of {topic_name}-{index} (leader: {info.leader}); refresh metadata",
+            )
+        raise ForwardTo(broker.address, f"the leader of {topic_name}-{index} (node {info.leader})")
 
     async def list_topics(self, request: web.Request) -> web.Response:
         topics = [
@@ -190,32 +237,38 @@ class Handlers:
     async def alter_topic(self, request: web.Request) -> web.Response:
         name = request.match_info["topic"]
         document = await read_json_object(request)
+        self.controller_or_forward(request)
         unknown = set(document) - {"partitions", "configs", "delete_configs"}
         if unknown:
             raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
         image = self.node.store.image
-        commands = []
-        with metadata_errors():
+        with metadata_errors():  # check the whole request before changing anything
             if "partitions" in document:
-                commands.append(plan_create_partitions(image, name, document["partitions"]))
+                plan_create_partitions(image, name, document["partitions"])
             if "configs" in document or "delete_configs" in document:
-                commands.append(
-                    plan_alter_configs(image, name, document.get("configs"), document.get("delete_configs"))
+                plan_alter_configs(image, name, document.get("configs"), document.get("delete_configs"))
+            plan_delete_topic(image, name)  # 40401 for an unknown topic, even with nothing to change
+        controller = self.node.controller
+        if "partitions" in document:
+
+            def more_partitions(image):
+                command = plan_create_partitions(image, name, document["partitions"])
+                return command if command.assignments else None  # same count: nothing to add
+
+            await controller.propose_planned(more_partitions)
+        if "configs" in document or "delete_configs" in document:
+            await controller.propose_planned(
+                lambda image: plan_alter_configs(
+                    image, name, document.get("configs"), document.get("delete_configs")
                 )
-            if not commands:
-                plan_delete_topic(image, name)  # 40401 for an unknown topic, even with nothing to change
-        for command in commands:
-            if getattr(command, "assignments", None) == ():
-                continue  # same partition count: nothing to add
-            await self.node.store.propose(command)
-        return json_response(self.describe(self.replicas.topic(name)))
+            )
+        return json_response(self.describe(self.replicas.topic(name)), headers=self.version_header())
 
     async def delete_topic(self, request: web.Request) -> web.Response:
         name = request.match_info["topic"]
-        with metadata_errors():
-            command = plan_delete_topic(self.node.store.image, name)
-        await self.node.store.propose(command)
-        return json_response({"deleted": name})
+        self.controller_or_forward(request)
+        await self.node.controller.propose_planned(lambda image: plan_delete_topic(image, name))
+        return json_response({"deleted": name}, headers=self.version_header())
 
     # produce
 
@@ -238,34 +291,66 @@ class Handlers:
             else:
                 index = sticky
             by_partition.setdefault(index, []).append((position, record))
-        offsets = await self._append_json_groups(topic.name, by_partition, acks)
+        offsets = await self._append_json_groups(request, topic.name, by_partition, acks)
         return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
 
     async def _append_json_groups(
-        self, topic: str, by_partition: dict[int, list[tuple[int, NewRecord]]], acks: str
+        self,
+        request: web.Request,
+        topic: str,
+        by_partition: dict[int, list[tuple[int, NewRecord]]],
+        acks: str,
     ) -> list[tuple[int, int]]:
+        """Append each partition's records as one batch: here for the partitions this node leads,
+        forwarded on the binary path to the leaders of the others. Everything is checked before the
+        first append; the forwarded batches go first, so a refusal from another leader leaves this
+        node's partitions unwritten (a failure between two leaders can leave the first written)."""
         now = int(time.time() * 1000)
-        prepared: list[tuple[Partition, list[int], bytes]] = []
+        local: list[tuple[Partition, list[int], bytes]] = []
+        remote: list[tuple[int, ForwardTo, list[int], bytes]] = []
+        limit = self.node.replicas.max_message_bytes(topic)
         for index, items in sorted(by_partition.items()):
-            partition = self.replicas.partition(topic, index)
-            partition.check_leader()
-            partition.validate_acks(acks)
             batch = encode_batch([record for _, record in items], now_ms=now)
-            limit = partition.log.config.max_message_bytes
             if len(batch) > limit:
                 raise ApiError(
                     41301,
                     f"the records for {topic}-{index} encode to {len(batch)} bytes, "
                     f"more than max.message.bytes = {limit}",
                 )
-            prepared.append((partition, [position for position, _ in items], batch))
-        results: list[tuple[int, int]] = [(0, 0)] * sum(len(p[1]) for p in prepared)
-        for partition, positions, batch in prepared:
+            positions = [position for position, _ in items]
+            try:
+                partition = self.leader_or_forward(request, topic, index)
+            except ForwardTo as target:
+                remote.append((index, target, positions, batch))
+                continue
+            partition.check_leader()
+            partition.validate_acks(acks)
+            local.append((partition, positions, batch))
+        results: list[tuple[int, int]] = [(0, 0)] * sum(len(items) for items in by_partition.values())
+        for index, target, positions, batch in remote:
+            first = await self._forward_batch(target, topic, index, batch, acks)
+            for i, position in enumerate(positions):
+                results[position] = (index, -1 if acks == "0" else first + i)
+        for partition, positions, batch in local:
             info = partition.append(batch)
             self.node.metrics.record_produce(partition.topic, len(positions), len(batch))
             for i, position in enumerate(positions):
                 results[position] = (partition.index, -1 if acks == "0" else info.first_offset + i)
         return results
+
+    async def _forward_batch(self, target: ForwardTo, topic: str, index: int, batch: bytes, acks: str) -> int:
+        """Append one encoded batch on the partition's leader; its first offset."""
+        url = f"http://{target.address}/v1/topics/{quote(topic, safe='')}/partitions/{index}/records?acks={acks}"
+        headers = {"Content-Type": BATCH_CONTENT_TYPE, FORWARDED_HEADER: str(self.node.config.node_id)}
+        try:
+            async with self.node.http.post(url, data=batch, headers=headers) as response:
+                document = orjson.loads(await response.read())
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise ApiError(40403, f"{target.what} at {target.address} cannot be reached: {exc}") from None
+        if status != 200:
+            raise ApiError(int(document.get("error_code", status * 100 + 1)), str(document.get("message")))
+        return int(document["base_offset"])
 
     async def produce_to_partition(self, request: web.Request) -> web.Response:
         acks = parse_acks(request)
@@ -274,7 +359,7 @@ class Handlers:
         if kind == BATCH_CONTENT_TYPE:
             body = await read_body(request)
             topic = await self.node.topic_for_produce(request.match_info["topic"])
-            partition = self.replicas.partition(topic.name, index)
+            partition = self.leader_or_forward(request, topic.name, index)
             partition.check_leader()
             partition.validate_acks(acks)
             try:
@@ -305,7 +390,7 @@ class Handlers:
                 40402, f"topic {topic.name!r} has no partition {index} (it has {len(topic.partitions)})"
             )
         offsets = await self._append_json_groups(
-            topic.name, {index: [(i, record) for i, (_, record) in enumerate(entries)]}, acks
+            request, topic.name, {index: [(i, record) for i, (_, record) in enumerate(entries)]}, acks
         )
         return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
 
@@ -314,7 +399,7 @@ class Handlers:
     async def fetch(self, request: web.Request) -> web.Response:
         binary = wants_binary(request)
         config = self.node.config
-        partition = self.replicas.partition(request.match_info["topic"], path_partition(request))
+        partition = self.leader_or_forward(request, request.match_info["topic"], path_partition(request))
         offset = query_int(request, "offset", None, 0, 2**63 - 1)
         max_bytes = query_int(request, "max_bytes", 1024 * 1024, 1, config.fetch_bytes_max)
         max_wait_ms = query_int(request, "max_wait_ms", 500, 0, config.fetch_wait_max_ms)
@@ -348,7 +433,7 @@ class Handlers:
         )
 
     async def offsets(self, request: web.Request) -> web.Response:
-        partition = self.replicas.partition(request.match_info["topic"], path_partition(request))
+        partition = self.leader_or_forward(request, request.match_info["topic"], path_partition(request))
         partition.check_leader()
         if "timestamp_ms" in request.query:
             timestamp = query_int(request, "timestamp_ms", None, 0, 2**63 - 1)
@@ -371,21 +456,88 @@ class Handlers:
 
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.node.ready:
-            raise ApiError(50302, "node is starting: logs are still loading")
+            raise ApiError(
+                50302, f"node {self.node.config.node_id} is not ready: {self.node.not_ready_reason()}"
+            )
         return json_response({"status": "ready"})
 
     async def cluster(self, request: web.Request) -> web.Response:
-        image = self.node.store.image
+        store = self.node.store
+        if store is None:
+            raise ApiError(
+                50302, f"node {self.node.config.node_id} is not ready: {self.node.not_ready_reason()}"
+            )
+        image = store.image
         return json_response(
             {
-                "cluster_id": self.node.cluster_id,
-                "controller_id": self.node.config.node_id,
+                "cluster_id": image.cluster_id or self.node.cluster_id,
+                "node_id": self.node.config.node_id,
+                "controller_id": image.controller_id,
+                "controller_epoch": image.controller_epoch,
+                "metadata_offset": image.version,
+                "raft": store.status(),
                 "brokers": [
-                    {"node_id": b.node_id, "address": b.address, "rack": b.rack}
+                    {
+                        "id": b.node_id,
+                        "address": b.address,
+                        "rack": b.rack,
+                        "roles": list(b.roles),
+                        "status": b.status,
+                        "epoch": b.epoch,
+                    }
                     for b in sorted(image.brokers.values(), key=lambda b: b.node_id)
                 ],
             }
         )
+
+    async def elect_leaders(self, request: web.Request) -> web.Response:
+        """Preferred leader election now (the controller also runs it periodically)."""
+        self.controller_or_forward(request)
+        moved = await self.node.controller.elect_preferred()
+        return json_response({"moved": moved}, headers=self.version_header())
+
+    # internal: brokers to the active controller
+
+    def _broker_request(self, request: web.Request, document: dict, *fields: str) -> tuple[int, list]:
+        raw = request.match_info["node_id"]
+        if not raw.isdigit():
+            raise ApiError(42201, f"node id must be a non-negative integer, got {raw!r}")
+        values = []
+        for name in fields:
+            value = document.get(name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ApiError(42201, f"{name} must be an integer")
+            values.append(value)
+        return int(raw), values
+
+    async def register_broker(self, request: web.Request) -> web.Response:
+        document = await read_json_object(request)
+        self.controller_or_forward(request)
+        node_id, _ = self._broker_request(request, document)
+        address, rack, roles = document.get("address"), document.get("rack"), document.get("roles")
+        if not isinstance(address, str) or not address:
+            raise ApiError(42201, "address must be HOST:PORT")
+        if rack is not None and not isinstance(rack, str):
+            raise ApiError(42201, "rack must be a string or null")
+        if not isinstance(roles, list) or not roles or not all(r in ("controller", "broker") for r in roles):
+            raise ApiError(42201, "roles must be a list of controller and/or broker")
+        epoch = await self.node.controller.register(node_id, address, rack, tuple(roles))
+        return json_response({"broker_epoch": epoch}, headers=self.version_header())
+
+    async def broker_heartbeat(self, request: web.Request) -> web.Response:
+        document = await read_json_object(request)
+        self.controller_or_forward(request)
+        node_id, (epoch, version) = self._broker_request(
+            request, document, "broker_epoch", "metadata_version"
+        )
+        return json_response(self.node.controller.heartbeat(node_id, epoch, version))
+
+    async def broker_shutdown(self, request: web.Request) -> web.Response:
+        document = await read_json_object(request)
+        self.controller_or_forward(request)
+        node_id, (epoch,) = self._broker_request(request, document, "broker_epoch")
+        answer = await self.node.controller.controlled_shutdown(node_id, epoch)
+        return json_response(answer, headers=self.version_header())
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.node.metrics.render(self.replicas)
@@ -429,7 +581,12 @@ async def error_middleware(request: web.Request, handler):
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status = 500
     try:
-        response = await handler(request)
+        if not node.metadata_ready and request.path.startswith("/v1/"):
+            raise ApiError(50302, f"node {node.config.node_id} is not ready: {node.not_ready_reason()}")
+        try:
+            response = await handler(request)
+        except ForwardTo as target:
+            response = await forward(node, request, target)
         status = response.status
         return response
     except ApiError as error:
@@ -466,6 +623,10 @@ def build_app(node) -> web.Application:
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/openapi.json", h.openapi)
     app.router.add_get("/v1/cluster", h.cluster)
+    app.router.add_post("/v1/cluster/elect-leaders", h.elect_leaders)
+    app.router.add_post("/v1/internal/brokers/{node_id}/register", h.register_broker)
+    app.router.add_post("/v1/internal/brokers/{node_id}/heartbeat", h.broker_heartbeat)
+    app.router.add_post("/v1/internal/brokers/{node_id}/shutdown", h.broker_shutdown)
     app.router.add_post("/v1/topics", h.create_topic)
     app.router.add_get("/v1/topics", h.list_topics)
     app.router.add_get("/v1/topics/{topic}", h.get_topic)

@@ -34,6 +34,25 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "text"  # text | json
     cluster_id: str | None = None
+    # -- the cluster (see docs/cluster.md) ------------------------------------------------------
+    # Where this node's Raft endpoint binds; defaults to its own entry in `controllers`, or
+    # 127.0.0.1:9093 for the single-node default.
+    raft_listen: str | None = None
+    # The fixed voter set, "1@host:port,2@host:port,3@host:port" (KRaft's controller.quorum.voters).
+    # Unset: this node alone is the quorum (the single-node default).
+    controllers: str | None = None
+    roles: str = "controller,broker"  # or "broker": follows the metadata without voting
+    rack: str | None = None
+    # Authenticates and encrypts Raft traffic; required when the quorum has more than one node.
+    raft_password: str | None = None
+    raft_password_file: str | None = None
+    heartbeat_interval_ms: int = 1000  # broker -> controller (Kafka: broker.heartbeat.interval.ms 2000)
+    session_timeout_ms: int = 6000  # fenced after this without a heartbeat (Kafka: 9000)
+    controlled_shutdown_timeout_ms: int = 15_000
+    preferred_election_interval_ms: int = 60_000  # 0 turns the periodic election off
+    # Raft election timeouts (pysyncobj's raftMinTimeout/raftMaxTimeout, in ms).
+    raft_election_min_ms: int = 400
+    raft_election_max_ms: int = 1400
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -42,6 +61,56 @@ class NodeConfig:
     @property
     def advertised(self) -> str:
         return self.advertise or self.listen
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+
+    @property
+    def is_controller(self) -> bool:
+        return "controller" in self.role_set
+
+    @property
+    def voters(self) -> dict[int, str]:
+        """Voter node id -> Raft address."""
+        if not self.controllers:
+            return {self.node_id: self.raft_listen or DEFAULT_RAFT_LISTEN}
+        return parse_controllers(self.controllers)
+
+    @property
+    def raft_bind(self) -> str | None:
+        if not self.is_controller:
+            return None
+        return self.raft_listen or self.voters[self.node_id]
+
+    def password(self) -> str | None:
+        """The Raft password from --raft-password or the file --raft-password-file names."""
+        if self.raft_password:
+            return self.raft_password
+        if self.raft_password_file:
+            with open(self.raft_password_file, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        return None
+
+
+DEFAULT_RAFT_LISTEN = "127.0.0.1:9093"
+ROLES = ("controller,broker", "broker")
+
+
+def parse_controllers(text: str) -> dict[int, str]:
+    """ "1@host:port,2@host:port" -> {1: "host:port", 2: "host:port"}; ValueError naming the bad part."""
+    voters: dict[int, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        node, sep, address = part.partition("@")
+        if not sep or not node.strip().isdigit():
+            raise ValueError(f"controllers: {part!r} is not ID@HOST:PORT (e.g. 1@127.0.0.1:9093)")
+        split_host_port(address, f"controllers entry {part!r}")
+        if int(node) in voters:
+            raise ValueError(f"controllers: node id {node} is listed twice")
+        if address in voters.values():
+            raise ValueError(f"controllers: address {address} is listed twice")
+        voters[int(node)] = address.strip()
+    return voters
 
 
 def split_host_port(value: str, name: str) -> tuple[str, int]:
@@ -151,3 +220,31 @@ def _validate(config: NodeConfig) -> None:
     for name in ("default_partitions", "default_replication_factor", "max_request_bytes", "fetch_bytes_max"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1")
+    roles = ",".join(sorted(config.role_set, key=lambda r: r != "controller"))
+    if roles not in ROLES:
+        raise ValueError(f"roles must be controller,broker or broker, got {config.roles!r}")
+    if config.raft_listen:
+        split_host_port(config.raft_listen, "raft_listen")
+    voters = config.voters  # raises ValueError for a malformed list
+    if config.is_controller and config.node_id not in voters:
+        raise ValueError(
+            f"node {config.node_id} is not in controllers ({config.controllers}): list it there, "
+            "or start it with --roles broker to follow the metadata without voting"
+        )
+    if not config.is_controller and config.node_id in voters:
+        raise ValueError(f"node {config.node_id} is listed in controllers but started with --roles broker")
+    if not config.is_controller and not config.controllers:
+        raise ValueError("a --roles broker node needs --controllers to find the metadata quorum")
+    if (len(voters) > 1 or not config.is_controller) and not (
+        config.raft_password or config.raft_password_file
+    ):
+        raise ValueError(
+            "a cluster needs a Raft password (--raft-password, RAFTKA_RAFT_PASSWORD or --raft-password-file): "
+            "Raft messages are unpickled by their receiver, so unauthenticated peers must be refused"
+        )
+    if config.raft_password_file and not os.path.isfile(config.raft_password_file):
+        raise ValueError(f"raft_password_file {config.raft_password_file} does not exist")
+    if config.heartbeat_interval_ms < 50 or config.session_timeout_ms < 2 * config.heartbeat_interval_ms:
+        raise ValueError("session_timeout_ms must be at least twice heartbeat_interval_ms (>= 50)")
+    if not 50 <= config.raft_election_min_ms < config.raft_election_max_ms:
+        raise ValueError("raft_election_min_ms must be at least 50 and below raft_election_max_ms")

@@ -51,10 +51,14 @@ async def run(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopping, node.fatal], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if node.fatal.done():
+            node.fatal.result()  # raises the reason
         logging.getLogger("node").info("stopping node %d", config.node_id)
     finally:
-        await node.stop()
+        await node.stop(controlled=not node.fatal.done() if node.fatal else False)
 
 
 def main(argv: list[str] | None = None) -> int:

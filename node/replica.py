@@ -224,6 +224,9 @@ class ReplicaManager:
             )
         return partition
 
+    def max_message_bytes(self, topic_name: str) -> int:
+        return log_config(dict(self.topic(topic_name).configs)).max_message_bytes
+
     def high_watermark(self, topic: str, index: int) -> int:
         partition = self.partitions.get((topic, index))
         return partition.high_watermark if partition else 0

@@ -2,16 +2,20 @@
 stopped in order.
 
 Start: take the data directory (checking `meta.properties`), open the HTTP port at once (so /livez
-answers and /readyz says 503 while logs load), load the logs in a worker thread, load the metadata,
-register this broker, open the replicas, start the log cleaner and the periodic flush and retention
-tasks, then report ready.
+answers and /readyz says 503 until the node can serve), load the logs in a worker thread, join the
+metadata quorum (a pysyncobj voter on controller nodes, a read-only member on broker-only nodes),
+open the replicas the metadata assigns here, start the controller service (controller nodes), the
+broker lifecycle (registration and heartbeats), the log cleaner and the periodic flush and retention
+tasks. The node is ready once its logs are loaded, its metadata caught up and the controller
+unfenced it.
 
-Stop (SIGTERM, Ctrl-C): stop accepting requests, stop the periodic tasks and the cleaner, flush and
-close every log, write the clean-shutdown marker.
+Stop (SIGTERM, Ctrl-C): a controlled shutdown first (the controller moves this broker's leaderships
+away, bounded by controlled_shutdown_timeout_ms), then stop accepting requests, stop the tasks, the
+Raft member and the cleaner, flush and close every log, write the clean-shutdown marker.
 
-On disk, in the data directory: `meta.properties` (node.id and cluster.id, written on first start; a
-directory that belongs to another node id is refused), `logs/` (the LogManager's directory) and
-`metadata/` (the metadata store).
+On disk, in the data directory: `meta.properties` (node.id, the voter set, and cluster.id once the
+quorum has one; a directory of another node, cluster or voter set is refused), `logs/` (the
+LogManager's directory) and `metadata/` (the Raft journal and snapshot).
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
+import secrets
+import socket
 
+import aiohttp
 from aiohttp import web
 
-from metadata.commands import MetadataError, RegisterBroker, plan_create_topic
-from metadata.image import TopicInfo
-from metadata.store import LocalMetadataStore
+from metadata.commands import plan_create_topic
+from metadata.image import MetadataImage, TopicInfo
+from metadata.raft import RaftMetadataStore
 from node.api import build_app, new_topic_id
-from node.config import NodeConfig
+from node.config import NodeConfig, split_host_port
+from node.controller import ControllerService
 from node.errors import ApiError
+from node.forward import METADATA_VERSION_HEADER, METADATA_WAIT_S, call
+from node.lifecycle import BrokerLifecycle
 from node.metrics import NodeMetrics
 from node.replica import ReplicaManager
 from storage.cleaner import LogCleaner
@@ -45,29 +54,70 @@ class DataDirError(RuntimeError):
     """The data directory belongs to another node or cluster, or cannot be used."""
 
 
-def check_meta_properties(data_dir: str, node_id: int, cluster_id: str | None) -> str:
-    """Read or write `meta.properties`; return the cluster id. Refuses a directory of another node."""
+def read_meta_properties(data_dir: str) -> dict[str, str]:
     path = os.path.join(data_dir, META_PROPERTIES)
+    props: dict[str, str] = {}
     if os.path.exists(path):
-        props = {}
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 name, sep, value = line.strip().partition("=")
                 if sep and not name.startswith("#"):
                     props[name] = value
-        stored_node = props.get("node.id")
-        if stored_node != str(node_id):
-            raise DataDirError(f"data directory {data_dir} belongs to node {stored_node}, not node {node_id}")
-        stored_cluster = props.get("cluster.id", "")
-        if cluster_id and stored_cluster != cluster_id:
-            raise DataDirError(
-                f"data directory {data_dir} belongs to cluster {stored_cluster}, not {cluster_id}"
-            )
-        return stored_cluster
-    cluster_id = cluster_id or uuid.uuid4().hex
-    text = f"# written by raftka on first start; do not edit\nversion=1\nnode.id={node_id}\ncluster.id={cluster_id}\n"
-    write_atomic(path, text.encode())
-    return cluster_id
+    return props
+
+
+def write_meta_properties(data_dir: str, props: dict[str, str]) -> None:
+    lines = ["# written by raftka; do not edit"] + [f"{k}={v}" for k, v in props.items()]
+    write_atomic(os.path.join(data_dir, META_PROPERTIES), ("\n".join(lines) + "\n").encode())
+
+
+def check_meta_properties(
+    data_dir: str, node_id: int, cluster_id: str | None, controllers: str
+) -> dict[str, str]:
+    """Read or write `meta.properties` (node id, the voter set, the cluster id once known).
+
+    Refuses a directory of another node id, another cluster, or another voter set: a node that once
+    belonged to a quorum and is restarted with a different one (a typo, a missing --controllers)
+    could otherwise elect itself alone and accept writes (split brain)."""
+    props = read_meta_properties(data_dir)
+    if not props:
+        props = {"version": "1", "node.id": str(node_id), "controllers": controllers}
+        if cluster_id:
+            props["cluster.id"] = cluster_id
+        write_meta_properties(data_dir, props)
+        return props
+    stored_node = props.get("node.id")
+    if stored_node != str(node_id):
+        raise DataDirError(f"data directory {data_dir} belongs to node {stored_node}, not node {node_id}")
+    stored_cluster = props.get("cluster.id", "")
+    if cluster_id and stored_cluster and stored_cluster != cluster_id:
+        raise DataDirError(f"data directory {data_dir} belongs to cluster {stored_cluster}, not {cluster_id}")
+    stored_voters = props.get("controllers")
+    if (
+        stored_voters is not None
+        and stored_voters != controllers
+        and not _same_single_voter(stored_voters, controllers)
+    ):
+        raise DataDirError(
+            f"data directory {data_dir} was started with controllers {stored_voters}, now {controllers}: "
+            "the voter set of a cluster cannot change by restarting with other flags "
+            "(give the same --controllers, or use a new data directory)"
+        )
+    if stored_voters != controllers:  # first start of this version, or a single voter that moved
+        props["controllers"] = controllers
+        write_meta_properties(data_dir, props)
+    return props
+
+
+def _same_single_voter(stored: str, now: str) -> bool:
+    """A quorum of one that moved its Raft address: nothing else votes, so the move is safe."""
+    stored_ids = [part.partition("@")[0] for part in stored.split(",")]
+    now_ids = [part.partition("@")[0] for part in now.split(",")]
+    return len(stored_ids) == 1 and stored_ids == now_ids
+
+
+def voters_text(voters: dict[int, str]) -> str:
+    return ",".join(f"{node}@{address}" for node, address in sorted(voters.items()))
 
 
 class ListenError(RuntimeError):
@@ -77,35 +127,52 @@ class ListenError(RuntimeError):
 class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
-        self.ready = False
         self.metrics = NodeMetrics()
         self.cluster_id = ""
+        self.logs_loaded = False
+        self.metadata_ready = False
         self.log_manager: LogManager | None = None
-        self.store: LocalMetadataStore | None = None
+        self.store: RaftMetadataStore | None = None
         self.replicas: ReplicaManager | None = None
+        self.controller: ControllerService | None = None
+        self.lifecycle = BrokerLifecycle(self)
+        self.http: aiohttp.ClientSession | None = None
         self.cleaner = LogCleaner()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
+        self._props: dict[str, str] = {}
+        self.fatal: asyncio.Future | None = None  # set when the node must stop (a cluster id clash)
+
+    @property
+    def ready(self) -> bool:
+        """Logs loaded, metadata caught up, registered and unfenced: this node can serve."""
+        return self.logs_loaded and self.metadata_ready and self.lifecycle.status == "active"
+
+    def not_ready_reason(self) -> str:
+        if not self.logs_loaded:
+            return "logs are still loading"
+        if not self.metadata_ready:
+            return "metadata is catching up with the controller quorum"
+        return f"broker is {self.lifecycle.status} (waiting for the controller to admit it)"
 
     async def start(self) -> None:
-        data_dir = os.path.abspath(self.config.data_dir)
+        config = self.config
+        data_dir = os.path.abspath(config.data_dir)
         os.makedirs(data_dir, exist_ok=True)
-        self.cluster_id = check_meta_properties(data_dir, self.config.node_id, self.config.cluster_id)
+        loop = asyncio.get_running_loop()
+        self.fatal = loop.create_future()
+        voters = config.voters
+        self._props = check_meta_properties(data_dir, config.node_id, config.cluster_id, voters_text(voters))
+        self.cluster_id = self._props.get("cluster.id", "")
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = self.config.host_port
+        host, port = config.host_port
         try:
             await web.TCPSite(self._runner, host, port, reuse_address=True).start()
         except OSError as exc:
-            raise ListenError(f"cannot listen on {self.config.listen}: {exc.strerror or exc}") from None
-        log.info(
-            "listening on http://%s:%d (node %d, cluster %s)",
-            host,
-            port,
-            self.config.node_id,
-            self.cluster_id,
-        )
-        loop = asyncio.get_running_loop()
+            raise ListenError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        log.info("listening on http://%s:%d (node %d, roles %s)", host, port, config.node_id, config.roles)
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.log_manager = await loop.run_in_executor(
             None, lambda: LogManager(os.path.join(data_dir, "logs"))
         )
@@ -116,24 +183,72 @@ class Node:
             "clean" if self.log_manager.clean_shutdown else "unclean",
             recovered,
         )
-        self.store = LocalMetadataStore(os.path.join(data_dir, "metadata"))
-        self.replicas = ReplicaManager(self.config.node_id, self.log_manager, self.cleaner)
-        me = self.store.image.brokers.get(self.config.node_id)
-        if me is None or me.address != self.config.advertised:
-            await self.store.propose(RegisterBroker(self.config.node_id, self.config.advertised))
-        self.replicas.apply_image(self.store.image)
-        self.store.subscribe(lambda old, new: self.replicas.apply_image(new))
-        self.cleaner.start(self.config.cleaner_interval_ms / 1000)
-        self._tasks = [
-            asyncio.create_task(
-                self._every(self.config.flush_check_interval_ms, self.log_manager.flush_dirty)
-            ),
-            asyncio.create_task(
-                self._every(self.config.retention_check_interval_ms, self.replicas.run_retention)
-            ),
+        self.logs_loaded = True
+        self.replicas = ReplicaManager(config.node_id, self.log_manager, self.cleaner)
+        raft_bind = config.raft_bind
+        if raft_bind is not None:
+            check_can_bind(raft_bind)
+        password = config.password()
+        if password is None:  # a quorum of one: no peers, but keep the port closed to strangers
+            password = secrets.token_hex(16)
+        self.store = RaftMetadataStore(
+            os.path.join(data_dir, "metadata"),
+            voters[config.node_id] if config.is_controller else None,
+            [voters[n] for n in sorted(voters)],
+            bind_address=raft_bind,
+            password=password,
+            raft_min_timeout_s=config.raft_election_min_ms / 1000,
+            raft_max_timeout_s=config.raft_election_max_ms / 1000,
+        )
+        log.info(
+            "metadata: %s of the quorum %s",
+            "voter" if config.is_controller else "read-only member",
+            voters_text(voters),
+        )
+        self.store.subscribe(self._on_metadata)
+        if config.is_controller:
+            self.controller = ControllerService(self)
+            self._tasks.append(asyncio.create_task(self.controller.run()))
+        self._tasks += [
+            asyncio.create_task(self._follow_metadata()),
+            asyncio.create_task(self._every(config.flush_check_interval_ms, self.log_manager.flush_dirty)),
+            asyncio.create_task(self._every(config.retention_check_interval_ms, self.replicas.run_retention)),
         ]
-        self.ready = True
-        log.info("node %d ready", self.config.node_id)
+        self.cleaner.start(config.cleaner_interval_ms / 1000)
+
+    async def _follow_metadata(self) -> None:
+        """Open the replicas and start the broker only once the metadata has caught up."""
+        image = await self.store.wait_ready()
+        self.metadata_ready = True
+        self._on_metadata(image, image)
+        log.info("metadata caught up at version %d", image.version)
+        await self.lifecycle.run()
+
+    def _on_metadata(self, old: MetadataImage, new: MetadataImage) -> None:
+        if not self.metadata_ready:
+            return  # a replay in progress: the image may still lack topics whose logs are here
+        self.replicas.apply_image(new)
+        if new.cluster_id and new.cluster_id != self.cluster_id:
+            if self.cluster_id:
+                message = (
+                    f"data directory {self.config.data_dir} belongs to cluster {self.cluster_id}, "
+                    f"but the controller quorum is cluster {new.cluster_id}"
+                )
+                log.error(message)
+                if self.fatal is not None and not self.fatal.done():
+                    self.fatal.set_exception(DataDirError(message))
+                return
+            self.cluster_id = new.cluster_id
+            self._props["cluster.id"] = new.cluster_id
+            write_meta_properties(os.path.abspath(self.config.data_dir), self._props)
+            log.info("joined cluster %s", new.cluster_id)
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        while not self.ready:
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(self.not_ready_reason())
+            await asyncio.sleep(0.05)
 
     async def _every(self, interval_ms: int, work) -> None:
         loop = asyncio.get_running_loop()
@@ -144,8 +259,10 @@ class Node:
             except Exception:
                 log.exception("periodic %s failed", getattr(work, "__name__", work))
 
-    async def stop(self) -> None:
-        self.ready = False
+    async def stop(self, controlled: bool = True) -> None:
+        """Controlled shutdown (leaderships moved away first, bounded), then stop everything in order."""
+        if controlled and self.store is not None and self.lifecycle.broker_epoch is not None:
+            await self.lifecycle.controlled_shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in self._tasks:
@@ -154,8 +271,13 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.cleaner.stop()
+        loop = asyncio.get_running_loop()
+        if self.store is not None:
+            await loop.run_in_executor(None, self.store.close)
+        if self.http is not None:
+            await self.http.close()
         if self.log_manager is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.log_manager.shutdown)
+            await loop.run_in_executor(None, self.log_manager.shutdown)
         log.info("node %d stopped cleanly", self.config.node_id)
 
     # -- topic operations used by the API ------------------------------------------------------------
@@ -163,18 +285,29 @@ class Node:
     async def create_topic(
         self, name: object, partitions: object, replication_factor: object, configs: object
     ) -> TopicInfo:
-        topic_id = new_topic_id()
-        try:
-            command = plan_create_topic(
-                self.store.image, name, partitions, replication_factor, configs, topic_id
+        """Create through the active controller (this node, or one HTTP call to it)."""
+        if self.controller is not None and self.controller.active:
+            topic_id = new_topic_id()
+            image = await self.controller.propose_planned(
+                lambda image: plan_create_topic(
+                    image, name, partitions, replication_factor, configs, topic_id
+                )
             )
-        except MetadataError as exc:
-            raise ApiError(exc.error_code, exc.message) from None
-        image = await self.store.propose(command)
-        topic = image.topics.get(command.name)
-        if topic is None or topic.topic_id != topic_id:
-            raise ApiError(40901, f"topic {command.name!r} already exists")
-        return topic
+            topic = image.topics.get(name) if isinstance(name, str) else None
+            if topic is None or topic.topic_id != topic_id:
+                raise ApiError(40901, f"topic {name!r} already exists")
+            return topic
+        address = self.lifecycle.controller_address()
+        if address is None:
+            raise ApiError(50303, "no active controller is known yet; retry")
+        document = {"name": name, "partitions": partitions, "replication_factor": replication_factor}
+        if configs is not None:
+            document["configs"] = configs
+        status, body, headers = await call(self, address, "POST", "/v1/topics", document)
+        if status != 201:
+            raise ApiError(int(body.get("error_code", status * 100 + 1)), str(body.get("message", body)))
+        await self.store.wait_for_version(int(headers.get(METADATA_VERSION_HEADER, "0")), METADATA_WAIT_S)
+        return self.store.image.topics[body["name"]]
 
     async def topic_for_produce(self, name: str) -> TopicInfo:
         topic = self.store.image.topics.get(name)
@@ -195,3 +328,14 @@ class Node:
             f'{{"name": "{name}", "partitions": 1}} or `raftka topic create {name}` '
             "(or start the node with --auto-create-topics)",
         )
+
+
+def check_can_bind(address: str) -> None:
+    """Fail fast with a clear message when the Raft address is taken (pysyncobj would retry forever)."""
+    host, port = split_host_port(address, "raft_listen")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ListenError(f"cannot listen for Raft on {address}: {exc.strerror or exc}") from None

@@ -205,22 +205,25 @@ async def cmd_cluster_status(args: argparse.Namespace) -> int:
     if args.format == "json":
         document = dataclasses.asdict(cluster)
         for broker, state in zip(document["brokers"], ready, strict=True):
-            broker["status"] = status[state]
+            broker["ready"] = status[state]
         print_json(document)
         return 0
     print(
-        f"Cluster: {cluster.cluster_id}  controller: {cluster.controller_id}  brokers: {len(cluster.brokers)}"
+        f"Cluster: {cluster.cluster_id}  controller: {cluster.controller_id} "
+        f"(epoch {cluster.controller_epoch})  metadata offset: {cluster.metadata_offset}  "
+        f"brokers: {len(cluster.brokers)}"
     )
     print()
     print(
         format_table(
-            ["NODE_ID", "ADDRESS", "RACK", "ROLE", "STATUS"],
+            ["NODE_ID", "ADDRESS", "RACK", "ROLES", "STATUS", "READY"],
             [
                 (
                     b.node_id,
                     b.address,
                     b.rack,
-                    "controller" if b.node_id == cluster.controller_id else "broker",
+                    ",".join(b.roles),
+                    b.status,
                     status[state],
                 )
                 for b, state in zip(cluster.brokers, ready, strict=True)
@@ -510,6 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--format", choices=("table", "json"), default="table")
     status.set_defaults(handler=cmd_cluster_status)
+    up = cluster_commands.add_parser(
+        "up",
+        help="run a local cluster in the foreground (Ctrl-C stops it)",
+        description=(
+            "Start NODES controller nodes (the Raft voters) and BROKERS broker-only nodes on 127.0.0.1, "
+            "data under DATA_DIR/node-N, HTTP on ports 9401.., Raft on 9501.. . Ctrl-C stops them all "
+            "(controlled shutdown); starting again with the same options brings the same cluster back."
+        ),
+    )
+    up.add_argument("--nodes", type=int, default=3, help="controller nodes (voters): 1, 3 or 5 (default 3)")
+    up.add_argument("--brokers", type=int, default=0, help="broker-only nodes (default 0)")
+    up.add_argument("--data-dir", default="./data", help="default ./data")
+    up.add_argument("--http-port", type=int, default=9401, help="HTTP port of node 1 (default 9401)")
+    up.add_argument("--raft-port", type=int, default=9501, help="Raft port of node 1 (default 9501)")
+    up.set_defaults(handler=None)
     return parser
 
 
@@ -521,6 +539,69 @@ CONSUME_HELP = (
     "Print the records of a topic, one value per line, following new records until Ctrl-C (or "
     "--max-messages / --timeout-ms). Starts at the end unless --from-beginning or --offset."
 )
+
+
+# -- cluster up ---------------------------------------------------------------------------------------
+
+
+def cluster_up(args: argparse.Namespace) -> int:
+    """Run a LocalCluster in the foreground until Ctrl-C or SIGTERM; 0 when every node stopped cleanly."""
+    import signal
+
+    from raftka.local_cluster import LocalCluster
+
+    if args.nodes not in (1, 3, 5):
+        return _error(f"--nodes must be 1, 3 or 5 (a Raft quorum of an odd size), got {args.nodes}")
+    if args.brokers < 0:
+        return _error(f"--brokers must be 0 or more, got {args.brokers}")
+    total = args.nodes + args.brokers
+    print_lock = threading.Lock()
+
+    def on_line(node, line: str) -> None:
+        with print_lock:
+            print(f"[node-{node.node_id}] {line}", flush=True)
+
+    cluster = LocalCluster(
+        args.data_dir,
+        controllers=args.nodes,
+        brokers=args.brokers,
+        http_ports=[args.http_port + i for i in range(total)],
+        raft_ports=[args.raft_port + i for i in range(args.nodes)],
+        on_line=on_line,
+    )
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        cluster.start(wait_s=None)
+        cluster.wait_ready(120)
+        with print_lock:
+            print(
+                f"cluster ready: {args.nodes} controller(s), {args.brokers} broker-only node(s); "
+                f"bootstrap {cluster.bootstrap}\n"
+                f"  try: RAFTKA_BOOTSTRAP={cluster.nodes[0].address} raftka cluster status\n"
+                "  Ctrl-C stops the cluster",
+                flush=True,
+            )
+        while all(node.alive() for node in cluster.nodes):
+            time.sleep(0.2)
+        dead = [n.node_id for n in cluster.nodes if not n.alive()]
+        _error(f"node(s) {', '.join(map(str, dead))} exited; stopping the cluster")
+        cluster.stop()
+        return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C or SIGTERM must not leave nodes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with print_lock:
+            print("stopping the cluster ...", flush=True)
+        codes = cluster.stop()
+        return 0 if all(code == 0 for code in codes.values()) else 1
+    except RuntimeError as exc:
+        cluster.stop()
+        return _error(str(exc).splitlines()[0])
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -546,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         from node.main import main as node_main
 
         return node_main([]) or 0
+    if args.command == "cluster" and args.cluster_command == "up":
+        return cluster_up(args)
     bootstrap = getattr(args, "bootstrap", None) or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
     args.bootstrap = bootstrap
     try:

@@ -29,6 +29,9 @@ class NodeProcess:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra = list(extra)
+        if "--raft-listen" not in self.extra and "--controllers" not in self.extra:
+            # The single-node default binds Raft on 127.0.0.1:9093: give each test node its own port.
+            self.extra += ["--raft-listen", f"127.0.0.1:{free_port()}"]
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(os.path.dirname(os.path.abspath(data_dir)), f"node-{self.port}.log")

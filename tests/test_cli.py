@@ -492,13 +492,23 @@ def test_cluster_status(node, cli):
     table = ok(cli("cluster", "status"))
     header, _, brokers = table.partition("\n\n")
     assert header.startswith("Cluster: ")
-    assert "controller: 1  brokers: 1" in header
+    assert "controller: 1 (epoch 1)" in header and "brokers: 1" in header
     lines = brokers.strip().splitlines()
-    assert lines[0].split() == ["NODE_ID", "ADDRESS", "RACK", "ROLE", "STATUS"]
-    assert lines[1].split() == ["1", node.address, "-", "controller", "ready"]
+    assert lines[0].split() == ["NODE_ID", "ADDRESS", "RACK", "ROLES", "STATUS", "READY"]
+    assert lines[1].split() == ["1", node.address, "-", "broker,controller", "active", "ready"]
     columns_aligned(brokers.strip())
     document = orjson.loads(ok(cli("cluster", "status", "--format", "json")))
-    assert document["brokers"] == [{"node_id": 1, "address": node.address, "rack": None, "status": "ready"}]
+    assert document["brokers"] == [
+        {
+            "node_id": 1,
+            "address": node.address,
+            "rack": None,
+            "roles": ["broker", "controller"],
+            "status": "active",
+            "ready": "ready",
+        }
+    ]
+    assert document["controller_id"] == 1 and document["controller_epoch"] == 1
 
 
 def test_bootstrap_flag_before_or_after_the_command(node, cli):

@@ -453,7 +453,7 @@ class FakeNode:
         self.requests.append((method, path, kwargs))
         parts = path.strip("/").split("/")
         if path == "/v1/cluster":
-            return ok({"cluster_id": "c", "controller_id": 1, "brokers": [{"node_id": 1, "address": "n1:1"}]})
+            return ok({"cluster_id": "c", "controller_id": 1, "brokers": [{"id": 1, "address": "n1:1"}]})
         topic = parts[2]
         if topic not in self.topics:
             raise UnknownTopicError(40401, f"unknown topic {topic!r}")

@@ -53,7 +53,18 @@ def test_health_openapi_and_cluster(node):
     assert "/v1/topics/{topic}/partitions/{partition}/records" in doc["paths"]
     status, cluster, _ = node.request("GET", "/v1/cluster")
     assert cluster["controller_id"] == 1
-    assert cluster["brokers"] == [{"node_id": 1, "address": node.address, "rack": None}]
+    assert cluster["brokers"] == [
+        {
+            "id": 1,
+            "address": node.address,
+            "rack": None,
+            "roles": ["broker", "controller"],
+            "status": "active",
+            "epoch": cluster["brokers"][0]["epoch"],
+        }
+    ]
+    assert cluster["controller_epoch"] >= 1 and cluster["metadata_offset"] >= 3
+    assert cluster["raft"]["state"] == "leader" and cluster["raft"]["voter"] is True
     assert len(cluster["cluster_id"]) == 32
 
 

@@ -115,8 +115,8 @@ class ClusterMetadata:
         document = (await self.request_any("GET", "/v1/cluster")).json()
         brokers = {}
         for broker in document.get("brokers") or ():
-            if isinstance(broker.get("node_id"), int) and broker.get("address"):
-                brokers[broker["node_id"]] = str(broker["address"])
+            if isinstance(broker.get("id"), int) and broker.get("address"):
+                brokers[broker["id"]] = str(broker["address"])
         self._brokers = brokers
         return document
 

@@ -69,6 +69,8 @@ class BrokerDescription:
     node_id: int
     address: str
     rack: str | None
+    roles: tuple[str, ...] = ()
+    status: str = "active"  # active | fenced | shutting_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,8 @@ class ClusterDescription:
     cluster_id: str
     controller_id: int | None
     brokers: tuple[BrokerDescription, ...]
+    controller_epoch: int | None = None
+    metadata_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +186,17 @@ class Admin:
             cluster_id=str(document.get("cluster_id", "")),
             controller_id=document.get("controller_id"),
             brokers=tuple(
-                BrokerDescription(int(b["node_id"]), str(b["address"]), b.get("rack"))
+                BrokerDescription(
+                    int(b["id"]),
+                    str(b["address"]),
+                    b.get("rack"),
+                    tuple(b.get("roles") or ()),
+                    str(b.get("status", "active")),
+                )
                 for b in document.get("brokers") or ()
             ),
+            controller_epoch=document.get("controller_epoch"),
+            metadata_offset=document.get("metadata_offset"),
         )
 
     async def node_ready(self, address: str) -> bool | None:

@@ -1,0 +1,258 @@
+"""`RaftMetadataStore`: the cluster metadata replicated by pysyncobj, bridged to asyncio.
+
+Theory of operation
+-------------------
+Every controller node runs a pysyncobj voter whose replicated state is one `MetadataImage`; a
+broker-only node runs a read-only member (`SyncObj(None, voters)`) that receives the same log
+without voting. A command travels as the JSON of `command_to_dict` through one `@replicated`
+method, `apply_command`, which decodes it and calls the pure `metadata.commands.apply`: apply cannot
+raise, uses no clock, randomness or IO, and so gives the same image on every replica and on every
+replay of the journal after a restart (pysyncobj re-runs the whole log from its last snapshot).
+
+pysyncobj runs the network, apply functions and callbacks on its own tick thread. The bridge to the
+event loop: after each apply the tick thread records the newest image and schedules one delivery on
+the loop (several applies in a row are delivered once, newest last); the loop-side `image` and the
+listeners only ever see images in log order. `propose` hands the command to pysyncobj with a callback
+that resolves an asyncio future through `call_soon_threadsafe`, under our own timeout (pysyncobj has
+none for asynchronous calls). Nothing here blocks the event loop: no `sync=True` calls.
+
+Settings (measured pitfalls, ../shared/PYSYNCOBJ.md): journal and full dump files both on (a journal
+alone lost the snapshot after log compaction), batching of append entries off (100 ms per command
+otherwise), a 2.5 s leader fallback (a leader cut off from its followers steps down instead of
+believing it leads for 30 s), and a password: pysyncobj unpickles what peers send, so its traffic
+must be authenticated (the password derives the key that encrypts and signs every message).
+
+Durability: pysyncobj writes its journal through an mmap and never fsyncs it. An applied command
+survives kill -9 of any number of nodes (the page cache keeps it) but not a power loss of a majority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from metadata.commands import MetadataError, apply, command_from_dict, command_to_dict
+from metadata.image import MetadataImage
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[MetadataImage, MetadataImage], None]
+
+JOURNAL_FILE = "raft.journal"
+DUMP_FILE = "raft.dump"
+
+_FAILURES = {
+    FAIL_REASON.QUEUE_FULL: "the Raft command queue is full",
+    FAIL_REASON.MISSING_LEADER: "no Raft leader (election in progress or no quorum)",
+    FAIL_REASON.DISCARDED: "the command was discarded by a new Raft leader",
+    FAIL_REASON.NOT_LEADER: "the Raft leader changed before the command committed",
+    FAIL_REASON.LEADER_CHANGED: "the Raft leader changed before the command committed",
+    FAIL_REASON.REQUEST_DENIED: "the command was refused",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown",
+}
+
+
+class MetadataUnavailableError(MetadataError):
+    """The command could not be committed (no quorum, leader change, timeout); it may still apply."""
+
+    def __init__(self, message: str):
+        super().__init__(50303, message)
+
+
+class MetadataStateMachine(SyncObjConsumer):
+    """The replicated state: one image. Only `apply_command` changes it."""
+
+    def __init__(self, on_applied: Callable[[MetadataImage], None]):
+        self._on_applied = on_applied
+        super().__init__()
+        self.image = MetadataImage()
+
+    def _serialize(self) -> dict[str, Any]:
+        return {"image": orjson.dumps(self.image.to_dict())}
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        self.image = MetadataImage.from_dict(orjson.loads(data["image"]))
+        self._on_applied(self.image)
+
+    @replicated
+    def apply_command(self, encoded: bytes) -> int:
+        try:
+            command = command_from_dict(orjson.loads(encoded))
+        except Exception:  # a command this version cannot read: skip it, never stop the replica
+            log.exception("undecodable metadata command %r; ignored", encoded[:200])
+            self.image = replace(self.image, version=self.image.version + 1)
+        else:
+            self.image = apply(self.image, command)
+        self._on_applied(self.image)
+        return self.image.version
+
+
+class RaftMetadataStore:
+    def __init__(
+        self,
+        directory: str,
+        self_address: str | None,
+        voters: list[str],
+        *,
+        bind_address: str | None,
+        password: str | None,
+        propose_timeout_s: float = 10.0,
+        raft_min_timeout_s: float = 0.4,
+        raft_max_timeout_s: float = 1.4,
+    ):
+        """`self_address` is this voter's entry in `voters` (None for a read-only member); the
+        other voters are its peers. Must be created on the event loop it reports to."""
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.self_address = self_address
+        self.voters = list(voters)
+        self.propose_timeout_s = propose_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._listeners: list[Listener] = []
+        self._version_waiters: list[tuple[int, asyncio.Future]] = []
+        self._pending_lock = threading.Lock()
+        self._pending: MetadataImage | None = None
+        self.image = MetadataImage()
+        self.image_changed = asyncio.Event()
+        self._machine = MetadataStateMachine(self._on_applied)
+        peers = [v for v in self.voters if v != self_address]
+        conf = SyncObjConf(
+            journalFile=os.path.join(directory, JOURNAL_FILE),
+            fullDumpFile=os.path.join(directory, DUMP_FILE),
+            appendEntriesUseBatch=False,
+            leaderFallbackTimeout=2.5,
+            raftMinTimeout=raft_min_timeout_s,
+            raftMaxTimeout=raft_max_timeout_s,
+            connectionTimeout=max(3.5, raft_max_timeout_s),
+            password=password,
+            bindAddress=bind_address if self_address is not None else None,
+            dynamicMembershipChange=False,
+            commandsWaitLeader=True,
+        )
+        self._syncobj = SyncObj(self_address, peers, conf, consumers=[self._machine])
+
+    # -- the tick thread side -----------------------------------------------------------------------
+
+    def _on_applied(self, image: MetadataImage) -> None:
+        with self._pending_lock:
+            schedule = self._pending is None
+            self._pending = image
+        if schedule:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the node is stopping
+                self._loop.call_soon_threadsafe(self._deliver)
+
+    # -- the event loop side --------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        with self._pending_lock:
+            new, self._pending = self._pending, None
+        if new is None or new.version < self.image.version:
+            return
+        old, self.image = self.image, new
+        for listener in self._listeners:
+            try:
+                listener(old, new)
+            except Exception:
+                log.exception("metadata listener failed")
+        self.image_changed.set()
+        self.image_changed = asyncio.Event()
+        still_waiting = []
+        for version, future in self._version_waiters:
+            if new.version >= version:
+                if not future.done():
+                    future.set_result(new)
+            else:
+                still_waiting.append((version, future))
+        self._version_waiters = still_waiting
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(old, new)` on the event loop after applied commands, in log order."""
+        self._listeners.append(listener)
+
+    async def wait_for_version(self, version: int, timeout_s: float) -> MetadataImage:
+        """The image once this node has applied at least `version` commands."""
+        if self.image.version >= version:
+            return self.image
+        future = self._loop.create_future()
+        self._version_waiters.append((version, future))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise MetadataUnavailableError(
+                f"metadata on this node is at version {self.image.version}, waited {timeout_s:.1f} s for {version}"
+            ) from None
+
+    async def propose(self, command: Any) -> MetadataImage:
+        """Replicate `command`; returns this node's image once the command is applied here.
+        Raises MetadataUnavailableError when it could not be committed in time (it may still apply)."""
+        future = self._loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            self._loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._machine.apply_command(orjson.dumps(command_to_dict(command)), callback=done)
+        try:
+            version = await asyncio.wait_for(future, self.propose_timeout_s)
+        except TimeoutError:
+            raise MetadataUnavailableError(
+                f"metadata command not committed within {self.propose_timeout_s:.0f} s (no quorum?)"
+            ) from None
+        return await self.wait_for_version(version, self.propose_timeout_s)
+
+    # -- Raft status (reads of pysyncobj's fields: momentary, may be stale) ----------------------
+
+    @property
+    def ready(self) -> bool:
+        """This member has caught up with the log once since it started."""
+        return self._syncobj.isReady()
+
+    async def wait_ready(self) -> MetadataImage:
+        """Wait until this member caught up with the quorum once and the loop saw everything applied
+        by then. Before that the image may be empty or old: nothing may act on it (deleting the logs
+        of topics it does not list, for one)."""
+        while not self.ready or self.image.version < self._machine.image.version:
+            await asyncio.sleep(0.02)
+        return self.image
+
+    def is_raft_leader(self) -> bool:
+        return self.self_address is not None and self._syncobj._isLeader()
+
+    def raft_term(self) -> int:
+        return self._syncobj._getTerm()
+
+    def raft_leader(self) -> str | None:
+        leader = self._syncobj._getLeader()
+        return None if leader is None else leader.address
+
+    def status(self) -> dict[str, Any]:
+        status = self._syncobj.getStatus()
+        return {
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(status["state"], str(status["state"])),
+            "term": status["raft_term"],
+            "leader": None if status["leader"] is None else status["leader"].address,
+            "commit_index": status["commit_idx"],
+            "last_applied": status["last_applied"],
+            "voter": self.self_address is not None,
+        }
+
+    def close(self) -> None:
+        """Stop the tick thread and close the files (blocks briefly: call from a worker thread)."""
+        self._syncobj.destroy()
+
+
+def _settle(future: asyncio.Future, result: Any, error: int) -> None:
+    if future.done():
+        return
+    if error == FAIL_REASON.SUCCESS:
+        future.set_result(result)
+    else:
+        future.set_exception(MetadataUnavailableError(_FAILURES.get(error, f"Raft failure {error}")))
