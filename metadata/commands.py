@@ -234,8 +234,10 @@ def _apply(image: MetadataImage, command: Any) -> MetadataImage:
             broker = replace(broker, fenced=False)
         else:
             broker = replace(broker, shutting_down=True)
-        image = _apply_changes(image, command.changes)
-        return image.with_brokers({**image.brokers, command.node_id: broker})
+        changed = _apply_changes(image, command.changes)
+        if isinstance(command, FenceBroker) and holds_places(changed, command.node_id):
+            return image  # decided on an older image (a change of it no longer fits): decided again
+        return changed.with_brokers({**changed.brokers, command.node_id: broker})
     if isinstance(command, ChangePartitions):
         return _apply_changes(image, command.changes)
     topic = image.topics.get(getattr(command, "name", None))
@@ -263,6 +265,15 @@ def _apply(image: MetadataImage, command: Any) -> MetadataImage:
             {**image.topics, command.name: replace(topic, configs=_frozen(command.configs))}
         )
     return image
+
+
+def holds_places(image: MetadataImage, node_id: int) -> bool:
+    """`node_id` leads a partition or shares an ISR with others (what a fenced broker must not do)."""
+    return any(
+        p.leader == node_id or (node_id in p.isr and len(p.isr) > 1)
+        for topic in image.topics.values()
+        for p in topic.partitions
+    )
 
 
 def _apply_changes(image: MetadataImage, changes: tuple) -> MetadataImage:
@@ -318,13 +329,25 @@ def assign_replicas(brokers: list[BrokerInfo], count: int, replication_factor: i
     broker at position first + i of the rack-alternated order, its followers are the next brokers
     after a shift that grows every time the leaders wrap around, so followers spread too."""
     order = rack_alternated(brokers)
+    rack_of = {b.node_id: b.rack or "" for b in brokers}
+    racks_total = len(set(rack_of.values()))
     n = len(order)
     out = []
     for i in range(count):
         position = first + i
         shift = (i // n) % (n - replication_factor + 1) if n > replication_factor else 0
         replicas = [order[position % n]]
-        replicas += [order[(position + 1 + shift + r) % n] for r in range(replication_factor - 1)]
+        racks = {rack_of[replicas[0]]}
+        # Every other broker once, from the shifted start; skip a rack already used while another is
+        # left (Kafka's rack-aware rule), then take what remains in the same order.
+        others = [order[(position + 1 + (shift + k) % (n - 1)) % n] for k in range(n - 1)]
+        for broker in others + others:
+            if len(replicas) == replication_factor:
+                break
+            if broker in replicas or (rack_of[broker] in racks and len(racks) < racks_total):
+                continue
+            replicas.append(broker)
+            racks.add(rack_of[broker])
         out.append(tuple(replicas))
     return tuple(out)
 

@@ -35,6 +35,7 @@ from metadata.commands import (
     FenceBroker,
     PartitionChange,
     UnfenceBroker,
+    holds_places,
 )
 from metadata.image import NO_LEADER, MetadataImage, PartitionInfo, TopicInfo
 from metadata.topic_config import unclean_leader_election
@@ -152,6 +153,13 @@ def next_command(image: MetadataImage, sessions: BrokerSessions, now_ms: int) ->
     for broker in sorted(image.brokers.values(), key=lambda b: b.node_id):
         if not broker.fenced and not sessions.alive(broker.node_id, broker.epoch, now_ms):
             return FenceBroker(broker.node_id, broker.epoch, epoch, changes_without(image, broker.node_id))
+    for broker in sorted(image.brokers.values(), key=lambda b: b.node_id):
+        if broker.fenced and holds_places(image, broker.node_id):
+            # Its fence (or registration) applied on top of a change decided meanwhile, which gave
+            # it a leadership or ISR place back: take them away again.
+            changes = changes_without(image, broker.node_id)
+            if changes:
+                return ChangePartitions(changes, epoch)
     for broker in sorted(image.brokers.values(), key=lambda b: b.node_id):
         if broker.fenced and sessions.caught_up(broker.node_id, broker.epoch, now_ms):
             # Unfence first, then elect in the same command: the broker is active when the changes apply.

@@ -225,6 +225,8 @@ def _validate(config: NodeConfig) -> None:
         raise ValueError(f"roles must be controller,broker or broker, got {config.roles!r}")
     if config.raft_listen:
         split_host_port(config.raft_listen, "raft_listen")
+    if not config.is_controller and not config.controllers:
+        raise ValueError("a --roles broker node needs --controllers to find the metadata quorum")
     voters = config.voters  # raises ValueError for a malformed list
     if config.is_controller and config.node_id not in voters:
         raise ValueError(
@@ -233,8 +235,6 @@ def _validate(config: NodeConfig) -> None:
         )
     if not config.is_controller and config.node_id in voters:
         raise ValueError(f"node {config.node_id} is listed in controllers but started with --roles broker")
-    if not config.is_controller and not config.controllers:
-        raise ValueError("a --roles broker node needs --controllers to find the metadata quorum")
     if (len(voters) > 1 or not config.is_controller) and not (
         config.raft_password or config.raft_password_file
     ):
