@@ -131,6 +131,7 @@ class RaftMetadataStore:
             appendEntriesUseBatch=False,
             leaderFallbackTimeout=2.5,
             raftMinTimeout=raft_min_timeout_s,
+            appendEntriesPeriod=min(0.1, raft_min_timeout_s / 4),  # pysyncobj wants 3 per election timeout
             raftMaxTimeout=raft_max_timeout_s,
             connectionTimeout=max(3.5, raft_max_timeout_s),
             password=password,

@@ -197,16 +197,26 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/cluster": {
                 "get": {
-                    "summary": "Cluster id, controller and brokers",
-                    "responses": {"200": _json(_ref("Cluster"))},
+                    "summary": "Cluster id, controller, Raft state and brokers, as this node has applied them",
+                    "responses": {"200": _json(_ref("Cluster")), **_errors(50302)},
                 }
             },
+            "/v1/cluster/elect-leaders": {
+                "post": {
+                    "summary": "Preferred leader election now (through the active controller)",
+                    "responses": {
+                        "200": _json({"type": "object", "properties": {"moved": {"type": "integer"}}}),
+                        **_errors(50302, 50303),
+                    },
+                }
+            },
+            **_internal_paths(),
             "/livez": {
                 "get": {"summary": "The process is alive", "responses": {"200": _json({"type": "object"})}}
             },
             "/readyz": {
                 "get": {
-                    "summary": "The node can serve (logs loaded)",
+                    "summary": "The node can serve (logs loaded, metadata caught up, broker admitted)",
                     "responses": {"200": _json({"type": "object"}), **_errors(50302)},
                 }
             },
@@ -221,6 +231,53 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {"schemas": _schemas()},
+    }
+
+
+def _internal_paths() -> dict[str, Any]:
+    """Broker to controller calls (any node forwards them to the active controller)."""
+    node = _param("node_id", "path", {"type": "integer", "minimum": 0}, "the broker's node id")
+    integer = {"type": "integer"}
+
+    def call(summary: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "tags": ["internal"],
+                "parameters": [node],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "responses": {"200": _json(response), **_errors(40904, 42201, 50302, 50303)},
+            }
+        }
+
+    return {
+        "/v1/internal/brokers/{node_id}/register": call(
+            "Register a new incarnation of a broker (it starts fenced)",
+            {
+                "type": "object",
+                "required": ["address", "roles"],
+                "properties": {
+                    "address": {"type": "string"},
+                    "rack": {"type": ["string", "null"]},
+                    "roles": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            {"type": "object", "properties": {"broker_epoch": integer}},
+        ),
+        "/v1/internal/brokers/{node_id}/heartbeat": call(
+            "A broker's heartbeat with the metadata version it has applied",
+            {
+                "type": "object",
+                "required": ["broker_epoch", "metadata_version"],
+                "properties": {"broker_epoch": integer, "metadata_version": integer},
+            },
+            {"type": "object", "properties": {"status": {"type": "string"}, "controller_epoch": integer}},
+        ),
+        "/v1/internal/brokers/{node_id}/shutdown": call(
+            "Controlled shutdown: move the broker's leaderships away",
+            {"type": "object", "required": ["broker_epoch"], "properties": {"broker_epoch": integer}},
+            {"type": "object", "properties": {"remaining_leaderships": integer}},
+        ),
     }
 
 
@@ -368,15 +425,35 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "cluster_id": {"type": "string"},
-                "controller_id": {"type": "integer"},
+                "node_id": {"type": "integer", "description": "the node that answered"},
+                "controller_id": {"type": "integer", "description": "-1 before the first controller"},
+                "controller_epoch": {"type": "integer"},
+                "metadata_offset": {"type": "integer", "description": "metadata commands applied here"},
+                "raft": {
+                    "type": "object",
+                    "properties": {
+                        "state": {"type": "string", "enum": ["follower", "candidate", "leader"]},
+                        "term": {"type": "integer"},
+                        "leader": nullable_string,
+                        "commit_index": {"type": "integer"},
+                        "last_applied": {"type": "integer"},
+                        "voter": {"type": "boolean"},
+                    },
+                },
                 "brokers": {
                     "type": "array",
                     "items": {
                         "type": "object",
                         "properties": {
-                            "node_id": {"type": "integer"},
+                            "id": {"type": "integer"},
                             "address": {"type": "string"},
                             "rack": nullable_string,
+                            "roles": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": ["broker", "controller"]},
+                            },
+                            "status": {"type": "string", "enum": ["active", "fenced", "shutting_down"]},
+                            "epoch": {"type": "integer"},
                         },
                     },
                 },

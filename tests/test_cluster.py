@@ -216,7 +216,7 @@ def test_a_killed_controller_is_replaced_and_topic_operations_work_again(tmp_pat
             return view["controller_id"] not in (old, -1) and view["controller_epoch"] > old_epoch and view
 
         view = wait_for(new_controller, 15, "a new active controller")
-        status, body = wait_for(
+        _, body = wait_for(
             lambda: (
                 (r := request(survivor.address, "POST", "/v1/topics", {"name": "after-failover"}))[0] == 201
                 and r
