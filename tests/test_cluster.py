@@ -334,8 +334,8 @@ def test_a_node_refuses_flags_or_a_data_dir_that_would_split_the_cluster(tmp_pat
 
     cluster = make_cluster(tmp_path, brokers=0)
     node = cluster.node(1)
-    node.start()
-    time.sleep(1.5)
+    node.start()  # alone of its three voters: it never becomes ready, but it takes its data dir
+    wait_for(lambda: "metadata: voter of the quorum" in node.output(), 30, "node 1 joined its quorum")
     node.stop()
     data = os.path.join(node.data_dir, "data")
     other_node = run_node(
