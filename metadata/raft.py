@@ -217,10 +217,21 @@ class RaftMetadataStore:
         return self._syncobj.isReady()
 
     async def wait_ready(self) -> MetadataImage:
-        """Wait until this member caught up with the quorum once and the loop saw everything applied
-        by then. Before that the image may be empty or old: nothing may act on it (deleting the logs
-        of topics it does not list, for one)."""
-        while not self.ready or self.image.version < self._machine.image.version:
+        """Wait until this member holds every command committed before the current Raft term, and
+        the loop saw it. Before that the image may be empty or old: nothing may act on it (deleting
+        the logs of topics it does not list, for one).
+
+        pysyncobj's own readiness is not enough: it fires once the member has applied up to the
+        commit index it knows, and after a restart of the whole quorum that index can lag behind
+        what was committed in the previous term (even be 0). What is enough is Raft's rule: a
+        leader's first entry of its term commits only after every earlier entry, so a member that
+        has applied the activation of the current term's controller (whose epoch is the term) has
+        applied everything committed before it."""
+        while not (
+            self.ready
+            and self.image.version >= self._machine.image.version
+            and 0 < self.raft_term() <= self.image.controller_epoch
+        ):
             await asyncio.sleep(0.02)
         return self.image
 

@@ -58,6 +58,7 @@ class Partition:
         self.log = partition_log
         self.node_id = node_id
         self.info = info
+        self.topic_id: str | None = None
         self.min_insync_replicas = 1
         self.high_watermark = partition_log.log_end_offset  # everything on the only replica is committed
         self._data_arrived = asyncio.Event()
@@ -182,9 +183,18 @@ class ReplicaManager:
                 key = (topic.name, index)
                 wanted.add(key)
                 partition = self.partitions.get(key)
+                if partition is not None and partition.topic_id != topic.topic_id:
+                    # Deleted and created again between two images this node saw: a new log.
+                    self.partitions.pop(key)
+                    self.cleaner.unregister(f"{topic.name}-{index}")
+                    self.log_manager.delete_log(topic.name, index)
+                    partition = None
                 if partition is None:
-                    partition_log = self.log_manager.get_or_create_log(topic.name, index, config)
+                    partition_log = self.log_manager.get_or_create_log(
+                        topic.name, index, config, topic.topic_id
+                    )
                     partition = Partition(topic.name, index, partition_log, info, self.node_id)
+                    partition.topic_id = topic.topic_id
                     self.partitions[key] = partition
                     self.cleaner.register(
                         f"{topic.name}-{index}", partition_log, self._upper_bound(partition)

@@ -145,12 +145,31 @@ class LogManager:
         with self._lock:
             return dict(self._logs)
 
-    def get_or_create_log(self, topic: str, partition: int, config: LogConfig | None = None) -> PartitionLog:
+    def get_or_create_log(
+        self, topic: str, partition: int, config: LogConfig | None = None, topic_id: str | None = None
+    ) -> PartitionLog:
+        """The log of (topic, partition), created if needed. With `topic_id`, a log that belongs to
+        another topic of the same name (deleted and created again while this node was away) is
+        deleted first: its records are not the new topic's. The id lives in `partition.metadata`."""
         validate_topic_name(topic)
         if partition < 0:
             raise ValueError(f"partition {partition} is negative")
         with self._lock:
             existing = self._logs.get((topic, partition))
+            if existing is not None and topic_id is not None:
+                stored = read_topic_id(existing.directory)
+                if stored is None:
+                    write_topic_id(existing.directory, topic_id)
+                elif stored != topic_id:
+                    log.warning(
+                        "deleting %s-%d: it belongs to topic id %s, the cluster's topic is %s",
+                        topic,
+                        partition,
+                        stored,
+                        topic_id,
+                    )
+                    self.delete_log(topic, partition)
+                    existing = None
             if existing is not None:
                 return existing
             partition_log = PartitionLog(
@@ -161,6 +180,8 @@ class LogManager:
                 producer_id_expiration_ms=self.producer_id_expiration_ms,
             )
             self._logs[(topic, partition)] = partition_log
+            if topic_id is not None:
+                write_topic_id(partition_log.directory, topic_id)
             return partition_log
 
     def update_config(self, topic: str, config: LogConfig) -> None:
@@ -233,6 +254,25 @@ class LogManager:
                 partition_log.close_unflushed()
             os.close(self._lock_fd)
             self.closed = True
+
+
+PARTITION_METADATA = "partition.metadata"
+
+
+def read_topic_id(directory: str) -> str | None:
+    try:
+        with open(os.path.join(directory, PARTITION_METADATA), encoding="utf-8") as handle:
+            for line in handle:
+                name, sep, value = line.strip().partition("=")
+                if sep and name == "topic_id":
+                    return value
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def write_topic_id(directory: str, topic_id: str) -> None:
+    write_atomic(os.path.join(directory, PARTITION_METADATA), f"version=1\ntopic_id={topic_id}\n".encode())
 
 
 def read_checkpoint(path: str) -> dict[TopicPartition, int]:

@@ -144,3 +144,20 @@ def test_malformed_checkpoints_read_as_empty(tmp_path):
     path = tmp_path / RECOVERY_POINT_CHECKPOINT
     path.write_text("0\n3\nt 0 5\n")
     assert read_checkpoint(str(path)) == {}
+
+
+def test_a_log_of_an_older_topic_with_the_same_name_is_replaced(tmp_path):
+    """A topic deleted and created again while a node was away: its old log must not serve the new topic."""
+    manager = LogManager(str(tmp_path))
+    manager.get_or_create_log("reborn", 0, topic_id="old-id").append_as_leader(make_batch(["old"]), 0)
+    assert manager.get_or_create_log("reborn", 0, topic_id="old-id").log_end_offset == 1  # same topic: kept
+    manager.shutdown()
+    manager = LogManager(str(tmp_path))
+    assert manager.get_log("reborn", 0).log_end_offset == 1
+    fresh = manager.get_or_create_log("reborn", 0, topic_id="new-id")
+    assert fresh.log_end_offset == 0
+    manager.shutdown()
+    manager = LogManager(str(tmp_path))
+    assert manager.get_or_create_log("reborn", 0, topic_id="new-id").log_end_offset == 0
+    assert manager.get_or_create_log("reborn", 0, topic_id="new-id") is manager.get_log("reborn", 0)
+    manager.shutdown()
