@@ -9,6 +9,7 @@ first batch is appended.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -29,7 +30,7 @@ from metadata.commands import (
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
 from node.errors import ApiError
-from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, forward, is_forwarded
+from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import parse_produce_body, record_to_json
 from node.replica import FetchResult, Partition
@@ -209,7 +210,31 @@ class Handlers:
         return json_response({"topics": topics})
 
     async def get_topic(self, request: web.Request) -> web.Response:
-        return json_response(self.describe(self.replicas.topic(request.match_info["topic"])))
+        document = self.describe(self.replicas.topic(request.match_info["topic"]))
+        if not is_forwarded(request):
+            await self._fill_remote_offsets(document)
+        return json_response(document)
+
+    async def _fill_remote_offsets(self, document: dict[str, Any]) -> None:
+        """Ask the leaders of the partitions led elsewhere for their offsets (1 s each, concurrently);
+        a leader that does not answer leaves them null."""
+        image = self.node.store.image
+        missing = [p for p in document["partitions"] if p["high_watermark"] is None and p["leader"] >= 0]
+
+        async def ask(entry: dict[str, Any]) -> None:
+            broker = image.brokers.get(entry["leader"])
+            if broker is None or broker.fenced:
+                return
+            path = f"/v1/topics/{quote(document['name'], safe='')}/partitions/{entry['partition']}/offsets"
+            try:
+                status, body, _ = await call(self.node, broker.address, "GET", path, timeout_s=1.0)
+            except ApiError:
+                return
+            if status == 200:
+                entry["log_start_offset"] = body.get("log_start_offset")
+                entry["high_watermark"] = body.get("high_watermark")
+
+        await asyncio.gather(*(ask(entry) for entry in missing))
 
     def describe(self, topic: TopicInfo) -> dict[str, Any]:
         partitions = []

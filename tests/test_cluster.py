@@ -138,6 +138,9 @@ def test_any_node_accepts_produce_and_fetch_for_any_partition(cluster):
             )
             assert status == 200, body
             assert [(r["offset"], r["value"]) for r in body["records"]] == expected
+    described = topic_on(cluster.nodes[3], "spread")["partitions"]  # offsets come from every leader
+    assert [p["high_watermark"] for p in described] == [len(placed.get(i, [])) for i in range(4)]
+    assert all(p["log_start_offset"] == 0 for p in described)
     leader = topic_on(cluster.nodes[0], "spread")["partitions"][0]["leader"]
     other = next(n for n in cluster.nodes if n.node_id != leader)
     status, body = request(
