@@ -565,7 +565,7 @@ class Handlers:
         return json_response(answer, headers=self.version_header())
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body, content_type = self.node.metrics.render(self.replicas)
+        body, content_type = self.node.metrics.render(self.replicas, self.node)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:

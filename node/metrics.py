@@ -57,6 +57,20 @@ class NodeMetrics:
             registry=self.registry,
         )
 
+        self.metadata_offset = Gauge(
+            "raftka_metadata_offset", "Metadata commands this node has applied", registry=self.registry
+        )
+        self.controller_active = Gauge(
+            "raftka_controller_active", "1 on the active controller, else 0", registry=self.registry
+        )
+        self.raft_term = Gauge("raftka_raft_term", "Raft term this node knows", registry=self.registry)
+        self.brokers = Gauge(
+            "raftka_brokers", "Brokers in the metadata by status", ["status"], registry=self.registry
+        )
+        self.offline_partitions = Gauge(
+            "raftka_offline_partitions", "Partitions without a leader", registry=self.registry
+        )
+
     def record_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
@@ -69,8 +83,18 @@ class NodeMetrics:
         if data:
             self.bytes_out.labels(topic).inc(len(data))
 
-    def render(self, replicas) -> tuple[bytes, str]:
-        """The exposition text, with the per-partition gauges refreshed from the replicas now."""
+    def render(self, replicas, node=None) -> tuple[bytes, str]:
+        """The exposition text, with the gauges refreshed from the replicas (and the node's metadata) now."""
+        if node is not None and node.store is not None:
+            image = node.store.image
+            self.metadata_offset.set(image.version)
+            self.raft_term.set(node.store.raft_term())
+            self.controller_active.set(1 if node.controller is not None and node.controller.active else 0)
+            for status in ("active", "fenced", "shutting_down"):
+                self.brokers.labels(status).set(sum(1 for b in image.brokers.values() if b.status == status))
+            self.offline_partitions.set(
+                sum(1 for t in image.topics.values() for p in t.partitions if p.leader < 0)
+            )
         for gauge in (self.log_end_offset, self.high_watermark, self.log_size):
             gauge.clear()
         for (topic, index), partition in list(replicas.partitions.items()):

@@ -238,6 +238,13 @@ def test_metrics(node):
     assert 'raftka_log_end_offset{partition="0",topic="metered"} 2.0' in text
     assert 'raftka_high_watermark{partition="0",topic="metered"} 2.0' in text
     assert "raftka_http_request_seconds_bucket" in text
+    assert "raftka_controller_active 1.0" in text
+    assert 'raftka_brokers{status="active"} 1.0' in text and 'raftka_brokers{status="fenced"} 0.0' in text
+    assert "raftka_offline_partitions 0.0" in text
+    offset = float(
+        next(line for line in text.splitlines() if line.startswith("raftka_metadata_offset ")).split()[1]
+    )
+    assert offset == node.request("GET", "/v1/cluster")[1]["metadata_offset"]
 
 
 GOOD_BATCH = encode_batch([NewRecord(b"k", b"v", None, ())], now_ms=1_764_000_000_000)
