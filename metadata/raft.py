@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,6 +40,7 @@ from typing import Any
 
 import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import tcp_connection as pysyncobj_tcp_connection
 
 from metadata.commands import MetadataError, apply, command_from_dict, command_to_dict
 from metadata.image import MetadataImage
@@ -46,6 +48,29 @@ from metadata.image import MetadataImage
 log = logging.getLogger(__name__)
 
 Listener = Callable[[MetadataImage, MetadataImage], None]
+
+IDLE_CONNECTION_TIMEOUT_S = 3600.0
+CONNECTION_RETRY_S = 0.5  # pysyncobj's default 5 s kept a restarted voter unheard for up to 5 s
+TCP_KEEPALIVE = (3, 1, 3)  # idle 3 s, then a probe a second, 3 unanswered: dead (about 6 s)
+TCP_USER_TIMEOUT_MS = 5000  # sent data unacknowledged this long: dead (a silent network partition)
+
+
+def _set_socket_options(sock: socket.socket, after_idle_s: int, interval_s: int, probes: int) -> None:
+    """pysyncobj's keepalive hook, extended with TCP_USER_TIMEOUT where the platform has it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", after_idle_s),
+        ("TCP_KEEPINTVL", interval_s),
+        ("TCP_KEEPCNT", probes),
+    ):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+
+
+# Every pysyncobj socket (outgoing and accepted) gets its options through this module-level hook.
+pysyncobj_tcp_connection.set_keepalive = _set_socket_options
 
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
@@ -133,7 +158,14 @@ class RaftMetadataStore:
             raftMinTimeout=raft_min_timeout_s,
             appendEntriesPeriod=min(0.1, raft_min_timeout_s / 4),  # pysyncobj wants 3 per election timeout
             raftMaxTimeout=raft_max_timeout_s,
-            connectionTimeout=max(3.5, raft_max_timeout_s),
+            # Connections between two followers carry nothing while a leader lasts; pysyncobj
+            # closes a connection that read nothing for connectionTimeout when it next sends on it,
+            # dropping that message: with the default 3.5 s every first vote request between the
+            # surviving followers of a dead leader was lost, costing an election round. So idle
+            # connections live on, and dead peers are found by TCP instead (see _tcp_options).
+            connectionTimeout=IDLE_CONNECTION_TIMEOUT_S,
+            connectionRetryTime=CONNECTION_RETRY_S,
+            tcp_keepalive=TCP_KEEPALIVE,
             password=password,
             bindAddress=bind_address if self_address is not None else None,
             dynamicMembershipChange=False,

@@ -174,7 +174,7 @@ class Handlers:
                 f"node {self.node.config.node_id} is not the active controller and cannot reach it "
                 f"(controller: {image.controller_id}); retry",
             )
-        raise ForwardTo(address, "the active controller")
+        raise ForwardTo(address, "the active controller", unreachable_code=50303)
 
     def leader_or_forward(self, request: web.Request, topic_name: str, index: int) -> Partition:
         """This node's replica when it leads the partition; otherwise forward the request to the leader."""

@@ -10,7 +10,8 @@ request carries `X-Raftka-Forwarded-By`, and a node that receives one answers fo
 forwarding node waits until it has applied that version before it answers, so a client that created
 a topic through any node sees it on that node at once.
 
-A node that cannot reach the target answers 40403 (retriable: the client refreshes metadata).
+A node that cannot reach the target answers 40403 for a partition leader (retriable: the client
+refreshes metadata) and 50303 for the controller (retriable: a new one is being elected).
 """
 
 from __future__ import annotations
@@ -80,9 +81,16 @@ def _int_query(request: web.Request, name: str) -> int:
 
 
 async def call(
-    node, address: str, method: str, path: str, document: dict | None = None, timeout_s: float = 10.0
+    node,
+    address: str,
+    method: str,
+    path: str,
+    document: dict | None = None,
+    timeout_s: float = 10.0,
+    unreachable_code: int = 40403,
 ):
-    """One JSON request to another node: (status, decoded body, headers); ApiError 40403 if unreachable."""
+    """One JSON request to another node: (status, decoded body, headers); ApiError `unreachable_code`
+    when it cannot be reached."""
     url = f"http://{address}{path}"
     try:
         async with node.http.request(
@@ -99,4 +107,4 @@ async def call(
                 body = {"message": data[:200].decode(errors="replace")}
             return response.status, body, response.headers
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise ApiError(40403, f"cannot reach {address}: {exc}") from None
+        raise ApiError(unreachable_code, f"cannot reach {address}: {exc}") from None

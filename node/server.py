@@ -303,7 +303,9 @@ class Node:
         document = {"name": name, "partitions": partitions, "replication_factor": replication_factor}
         if configs is not None:
             document["configs"] = configs
-        status, body, headers = await call(self, address, "POST", "/v1/topics", document)
+        status, body, headers = await call(
+            self, address, "POST", "/v1/topics", document, unreachable_code=50303
+        )
         if status != 201:
             raise ApiError(int(body.get("error_code", status * 100 + 1)), str(body.get("message", body)))
         await self.store.wait_for_version(int(headers.get(METADATA_VERSION_HEADER, "0")), METADATA_WAIT_S)
