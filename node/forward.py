@@ -32,11 +32,13 @@ _PASSED_REQUEST_HEADERS = ("Content-Type", "Accept")
 METADATA_WAIT_S = 5.0
 
 
-class ForwardTo(Exception):
-    def __init__(self, address: str, what: str):
+class ForwardTo(Exception):  # a control-flow signal, not an error
+    def __init__(self, address: str, what: str, unreachable_code: int = 40403):
         super().__init__(address)
         self.address = address
         self.what = what
+        # 40403 for a partition leader (refresh metadata), 50303 for the controller (retry).
+        self.unreachable_code = unreachable_code
 
 
 def is_forwarded(request: web.Request) -> bool:
@@ -65,7 +67,7 @@ async def forward(node, request: web.Request, target: ForwardTo) -> web.Response
             status = response.status
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise ApiError(
-            40403,
+            target.unreachable_code,
             f"{target.what} is on {target.address}, which node {node.config.node_id} cannot reach: {exc}",
         ) from None
     version = relayed.get(METADATA_VERSION_HEADER)
