@@ -358,7 +358,7 @@ class PartitionLog:
             return active
         too_old = (
             active.first_batch_timestamp is not None
-            and now_ms - active.first_batch_timestamp > self.config.segment_ms
+            and header.max_timestamp - active.first_batch_timestamp > self.config.segment_ms
         )
         if too_old or not active.can_hold(header, self.config.segment_bytes):
             return self._roll(header.base_offset)

@@ -81,6 +81,18 @@ def test_segment_rolls_by_age(tmp_path, clock):
     assert [s.base_offset for s in log.segments] == [0, 2]
 
 
+def test_segment_age_is_measured_in_record_timestamps_not_the_wall_clock(tmp_path, clock):
+    """As Kafka does: batches stamped long ago (a replay, a mirror) fill one segment instead of
+    rolling (and fsyncing) at every append; a batch newer than the segment's first by segment.ms rolls."""
+    log = PartitionLog(str(tmp_path / "t-0"), LogConfig(segment_ms=1000), clock=clock)
+    old = clock.now_ms() - 10 * 86_400_000
+    for i in range(5):
+        log.append_as_leader(make_batch([f"old-{i}"], ts=old + i), 0)
+    assert len(log.segments) == 1
+    log.append_as_leader(make_batch(["newer"], ts=old + 1001), 0)
+    assert [s.base_offset for s in log.segments] == [0, 5]
+
+
 def test_reads_respect_max_bytes_max_offset_and_range(tmp_path, clock):
     log = PartitionLog(str(tmp_path / "t-0"), LogConfig(), clock=clock)
     fill(log, 10)
