@@ -491,3 +491,120 @@ def decode_batches(buf: bytes | bytearray | memoryview, *, verify: bool = True) 
         out.extend(_decode_records_at(data, start, header))  # no copy of each batch
         start += header.size
     return out
+
+
+class BatchColumns(NamedTuple):
+    """The records of a batch (or of a run of batches), column by column: record i is offsets[i],
+    timestamps[i], keys[i], values[i] and headers[i] (or () when `headers` is None)."""
+
+    offsets: range | list[int]  # a range when no offset is missing between the first and the last
+    timestamps: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[tuple[tuple[str, bytes | None], ...]] | None  # None when no record has a header
+
+
+# Records of a shared-layout batch unpacked by one struct call into one flat tuple: blocks of 16 to 64
+# measured alike on 1,000-record batches of 100-byte values; the records after the last block go one by one.
+COLUMN_BLOCK_RECORDS = 32
+
+
+def decode_columns(buf: bytes, start: int, header: BatchHeader) -> BatchColumns:
+    """Decode the records of the batch at `start` in `buf` (all `header.size` bytes of it) into columns.
+
+    Refuses exactly what `decode_records` refuses (the checksum is not checked here: call check_batch
+    first). A batch whose records share one layout (`uniform_record_size`) is unpacked a block of
+    records per struct call and cut into columns by strided slices, with no object per record but its
+    key, value and timestamp; any other batch is decoded record by record and transposed."""
+    columns = _uniform_columns(buf, start, header)
+    if columns is None:
+        return _transpose(_decode_records_at(buf, start, header))
+    return columns
+
+
+def decode_batches_columns(buf: bytes | bytearray | memoryview, *, verify: bool = True) -> list[BatchColumns]:
+    """`decode_batches` column by column: the records of a run of whole batches, in order, as one
+    BatchColumns per shared-layout batch and one per stretch of other batches between them (their
+    records transposed together, so many small batches make one); never an empty one. The columns are
+    not copied together: each element is touched once more by a copy, which costs about as much as
+    decoding it once a fetch outgrows the CPU cache."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    parts: list[BatchColumns] = []
+    walked: list[Record] = []  # records of consecutive batches decoded one by one, transposed together
+    start = 0
+    for header, _view in iter_batches(data, verify=verify):
+        columns = _uniform_columns(data, start, header)
+        if columns is None:
+            walked += _decode_records_at(data, start, header)
+        else:
+            if walked:
+                parts.append(_transpose(walked))
+                walked = []
+            parts.append(columns)
+        start += header.size
+    if walked:
+        parts.append(_transpose(walked))
+    return parts
+
+
+def _uniform_columns(buf: bytes, start: int, header: BatchHeader) -> BatchColumns | None:
+    """The columns of a shared-layout batch (see `uniform_record_size`), else None."""
+    size = uniform_record_size(buf, start, header)
+    if size is None:
+        return None
+    _delta, _ts, key_len, value_len, _count = _RECORD.unpack_from(buf, start + HEADER_SIZE)
+    count = header.record_count
+    records = memoryview(buf)[start + HEADER_SIZE : start + header.size]
+    blocked = (count - count % COLUMN_BLOCK_RECORDS) * size
+    flat: list = []  # timestamp delta, then key and value unless null, for every record in turn
+    for block in _uniform_block_fields(key_len, value_len, COLUMN_BLOCK_RECORDS).iter_unpack(
+        records[:blocked]
+    ):
+        flat += block
+    for row in _uniform_block_fields(key_len, value_len, 1).iter_unpack(records[blocked:]):
+        flat += row
+    width = 1 + (key_len >= 0) + (value_len >= 0)
+    return BatchColumns(
+        range(header.base_offset, header.base_offset + count),  # uniform means dense
+        _timestamps(header.first_timestamp, flat[::width]),
+        flat[1::width] if key_len >= 0 else [None] * count,
+        flat[width - 1 :: width] if value_len >= 0 else [None] * count,
+        None,  # uniform means header-less
+    )
+
+
+def _timestamps(first_ts: int, deltas: list[int]) -> list[int]:
+    """first_ts + delta for each delta. A producer stamps the records of a batch within a few
+    milliseconds, so deltas repeat: then each distinct timestamp is one int shared by its records,
+    which saves allocating an int per record (about 100 ns a record once a fetch outgrows the cache)."""
+    if deltas.count(deltas[0]) == len(deltas):  # one timestamp for the whole batch
+        return [first_ts + deltas[0]] * len(deltas)
+    distinct = set(deltas)
+    if len(distinct) * 4 > len(deltas):
+        return [first_ts + delta for delta in deltas]
+    absolute = {delta: first_ts + delta for delta in distinct}
+    return list(map(absolute.__getitem__, deltas))
+
+
+@lru_cache(maxsize=64)
+def _uniform_block_fields(key_len: int, value_len: int, records: int) -> struct.Struct:
+    """(timestamp_delta, key, value) of each of `records` header-less records with these lengths, in
+    one flat tuple; a key or value of length -1 (null) has no field."""
+    key = f"{key_len}s" if key_len >= 0 else ""
+    value = f"{value_len}s" if value_len >= 0 else ""
+    return struct.Struct("<" + f"4xq12x{key}{value}" * records)
+
+
+def _transpose(records: list[Record]) -> BatchColumns:
+    if not records:
+        return BatchColumns(range(0), [], [], [], None)
+    offsets, timestamps, keys, values, headers = map(list, zip(*records, strict=True))
+    # Compared in full: offsets increase within a batch, but nothing checks one batch against the next.
+    dense = range(offsets[0], offsets[0] + len(offsets))
+    return BatchColumns(
+        dense if offsets == list(dense) else offsets,
+        timestamps,
+        keys,
+        values,
+        headers if any(headers) else None,
+    )

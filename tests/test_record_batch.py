@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from storage import record_batch
 from storage.record_batch import (
+    COLUMN_BLOCK_RECORDS,
     HEADER_SIZE,
     RECORD_HEADER_SIZE,
     UNIFORM_MIN_RECORDS,
@@ -20,6 +22,8 @@ from storage.record_batch import (
     check_producer_batch,
     check_record_framing,
     decode_batches,
+    decode_batches_columns,
+    decode_columns,
     decode_records,
     encode_batch,
     iter_batches,
@@ -283,3 +287,97 @@ def test_shared_layout_path_is_taken_for_a_dense_batch_and_not_for_a_compacted_o
     sparse = encode_batch(recs, now_ms=NOW, offset_deltas=list(range(0, 40, 2)))
     assert uniform_record_size(sparse, 0, read_header(sparse)) is None
     assert [r.offset for r in decode_records(sparse)] == list(range(0, 40, 2))
+
+
+# The columnar decoder must hand out exactly what the record decoder does, and refuse exactly what it
+# refuses (same error, same message): on batches of any layout, compacted ones, and damaged ones.
+
+
+@st.composite
+def any_batch(draw) -> bytes:
+    kind = draw(st.sampled_from(["records", "compacted", "uniform", "empty"]))
+    if kind == "uniform":
+        return _uniform_batch(*draw(uniform_layouts))
+    if kind == "empty":  # every record compacted away
+        return encode_batch([], now_ms=NOW, last_offset_delta=draw(st.integers(0, 5)))
+    recs = draw(records)
+    deltas = None
+    if kind == "compacted":
+        steps = draw(st.lists(st.integers(1, 3), min_size=len(recs), max_size=len(recs)))
+        deltas = list(itertools.accumulate(steps, initial=draw(st.integers(0, 2))))[: len(recs)]
+    return encode_batch(recs, now_ms=NOW, base_offset=draw(st.integers(0, 10**6)), offset_deltas=deltas)
+
+
+@st.composite
+def damaged(draw, batches) -> bytes:
+    batch = bytearray(draw(batches))
+    if len(batch) > HEADER_SIZE and draw(st.booleans(), label="damage a record"):
+        at = draw(st.integers(HEADER_SIZE, len(batch) - 1), label="byte")
+        batch[at] ^= draw(st.integers(1, 255), label="xor")
+    return _rehashed(batch)
+
+
+def _rows(columns) -> list[tuple]:
+    headers = columns.headers if columns.headers is not None else [()] * len(columns.offsets)
+    columns_of = (columns.offsets, columns.timestamps, columns.keys, columns.values, headers)
+    assert len({len(column) for column in columns_of}) == 1, "columns of different lengths"
+    return list(zip(*columns_of, strict=True))
+
+
+def _decoded(action):
+    try:
+        return ("ok", action())
+    except InvalidBatchError as exc:
+        return ("refused", type(exc), str(exc))
+
+
+def _assert_transposed(parts, rows) -> None:
+    """Both decoders refused with the same error, or the parts (BatchColumns) hold the records in order."""
+    if parts[0] == "refused" or rows[0] == "refused":
+        assert parts == rows
+        return
+    assert [row for part in parts[1] for row in _rows(part)] == rows[1]
+    for part in parts[1]:
+        offsets = list(part.offsets)
+        dense = not offsets or offsets[-1] - offsets[0] == len(offsets) - 1
+        assert isinstance(part.offsets, range) == dense
+        assert part.headers is None or any(part.headers)  # None exactly when no record has a header
+
+
+@given(damaged(any_batch()))
+@settings(max_examples=400, deadline=None)
+def test_columns_are_the_records_transposed(batch):
+    header = read_header(batch)
+    _assert_transposed(
+        _decoded(lambda: [decode_columns(batch, 0, header)]),
+        _decoded(lambda: [tuple(r) for r in decode_records(batch)]),
+    )
+
+
+@given(st.lists(damaged(any_batch()), min_size=1, max_size=4), st.data())
+@settings(max_examples=300, deadline=None)
+def test_columns_of_a_run_are_its_records_transposed(batches, data):
+    run = []
+    base_offset = data.draw(st.integers(0, 100), label="first base offset")
+    for batch in batches:  # laid end to end, sometimes with a gap between batches
+        run.append(stamp_prefix(batch, base_offset, 0) + batch[17:])
+        base_offset = read_header(run[-1]).next_offset + data.draw(st.integers(0, 1), label="gap")
+    run_bytes = b"".join(run)
+    parts = _decoded(lambda: decode_batches_columns(run_bytes))
+    _assert_transposed(parts, _decoded(lambda: [tuple(r) for r in decode_batches(run_bytes)]))
+    if parts[0] == "ok":  # one part per shared-layout batch or stretch of others, none empty
+        assert all(len(part.offsets) for part in parts[1])
+        assert len(parts[1]) <= 2 * len(batches)
+
+
+@pytest.mark.parametrize("distinct_timestamps", [1, 2, "all"])
+def test_columns_of_a_shared_layout_batch_are_cut_without_the_walk(distinct_timestamps):
+    for count in (UNIFORM_MIN_RECORDS, COLUMN_BLOCK_RECORDS * 3, COLUMN_BLOCK_RECORDS * 3 + 5):
+        stamps = [NOW - i for i in range(count if distinct_timestamps == "all" else distinct_timestamps)]
+        for key_len, value_len in ((9, 100), (-1, 100), (4, -1), (-1, -1), (0, 0)):
+            batch = _uniform_batch(count, key_len, value_len, stamps)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(record_batch, "_decode_records_at", None)  # the walk would fail
+                columns = decode_columns(batch, 0, read_header(batch))
+            assert columns.offsets == range(40, 40 + count)
+            assert _rows(columns) == [tuple(r) for r in decode_records(batch)]

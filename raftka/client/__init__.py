@@ -12,7 +12,7 @@ from raftka.client.admin import (
     TopicListing,
 )
 from raftka.client.blocking import SyncAdmin, SyncConsumer, SyncProducer
-from raftka.client.consumer import Consumer, ConsumerRecord
+from raftka.client.consumer import Consumer, ConsumerBatch, ConsumerRecord
 from raftka.client.errors import *  # noqa: F403 - the error hierarchy is part of the public face
 from raftka.client.errors import RaftkaError
 from raftka.client.producer import Producer, RecordMetadata
@@ -34,6 +34,7 @@ __all__ = [
     "BytesSerializer",
     "ClusterDescription",
     "Consumer",
+    "ConsumerBatch",
     "ConsumerRecord",
     "Deserializer",
     "JsonDeserializer",

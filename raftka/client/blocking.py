@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from raftka.client.admin import Admin, ClusterDescription, PartitionOffsets, TopicDescription, TopicListing
-from raftka.client.consumer import Consumer, ConsumerRecord
+from raftka.client.consumer import Consumer, ConsumerBatch, ConsumerRecord
 from raftka.client.producer import Producer, RecordMetadata
 
 T = TypeVar("T")
@@ -175,6 +175,9 @@ class SyncConsumer:
 
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[ConsumerRecord]:
         return self._runner.call(self._consumer.poll(timeout_ms, max_records))
+
+    def poll_batches(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[ConsumerBatch]:
+        return self._runner.call(self._consumer.poll_batches(timeout_ms, max_records))
 
     def close(self) -> None:
         if self._runner.stopped:

@@ -8,11 +8,18 @@ partition's offsets (log start offset or high watermark) on the next poll, follo
 `auto_offset_reset` for a fresh assignment.
 
 `poll()` keeps at most one fetch in flight per partition: a long-poll GET of raw batches from the
-partition's leader, starting at the partition's *fetch offset*. An answer is decoded (checksums
-verified), records below the fetch offset are dropped (a batch may start before the offset asked
-for), and the rest wait in the partition's buffer; the next fetch of that partition starts only when
-its buffer is empty, so memory stays within one fetch (`fetch_bytes_max`) per partition. While the
-caller works on what poll returned, the next fetches are already on their way.
+partition's leader, starting at the partition's *fetch offset*. An answer is decoded column by column
+(checksums verified) into the partition's buffer: chunks of columns (offsets, timestamps, keys, values,
+headers; one chunk per batch whose records share a layout, one per stretch of other batches) and a
+cursor at the next record to hand out, which starts past the records below the fetch offset (a batch
+may start before the offset asked for). The next fetch of that partition starts when an answer arrives
+into an empty buffer, before it is decoded (read ahead: the node reads and sends the next answer while
+this one is decoded and handed out), or else when the buffer empties. So a partition holds at most two
+fetches (`fetch_bytes_max` each): its buffer and one more, in flight or decoded.
+
+`poll_batches()` hands out the chunks, or slices of them, as ConsumerBatch columns, deserialized a
+column at a time; `poll()` is the same records, one ConsumerRecord each. A record a deserializer
+refuses stays first in its buffer, and the poll that reaches it raises.
 
 An offset outside the log (41601, after retention deleted it, or a seek past the end) is reset by
 `auto_offset_reset`: "earliest" (log start), "latest" (high watermark) or "error" (poll raises
@@ -25,10 +32,11 @@ Not thread-safe: one consumer belongs to one event loop (use SyncConsumer from t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,8 +50,14 @@ from raftka.client.errors import (
     RaftkaError,
     SerializationError,
 )
-from raftka.client.serializers import Deserializer, resolve_deserializer
-from storage.record_batch import InvalidBatchError, Record, decode_batches, iter_batches, read_size
+from raftka.client.serializers import BytesDeserializer, Deserializer, resolve_deserializer
+from storage.record_batch import (
+    BatchColumns,
+    InvalidBatchError,
+    decode_batches_columns,
+    iter_batches,
+    read_size,
+)
 
 RESET_POLICIES = ("earliest", "latest", "error")
 
@@ -58,13 +72,48 @@ class ConsumerRecord(NamedTuple):
     headers: tuple[tuple[str, bytes | None], ...]
 
 
+@dataclass(slots=True, eq=False)
+class ConsumerBatch:
+    """Consecutive records of one partition, column by column: record i is offsets[i],
+    timestamps_ms[i], keys[i], values[i] (deserialized) and headers[i]. Iterating yields ConsumerRecords."""
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]  # a range when no offset is missing (compaction leaves gaps)
+    timestamps_ms: Sequence[int]
+    keys: Sequence[Any]
+    values: Sequence[Any]
+    headers: Sequence[tuple[tuple[str, bytes | None], ...]]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        rows = zip(
+            itertools.repeat(self.topic),
+            itertools.repeat(self.partition),
+            self.offsets,
+            self.timestamps_ms,
+            self.keys,
+            self.values,
+            self.headers,
+            strict=False,  # the columns have one length: checked when the batch was cut
+        )
+        return map(tuple.__new__, itertools.repeat(ConsumerRecord), rows)  # no Python call per record
+
+    def __repr__(self) -> str:
+        span = f"{self.offsets[0]}..{self.offsets[-1]}" if self.offsets else "none"
+        return f"<ConsumerBatch {self.topic}-{self.partition} offsets {span}, {len(self)} records>"
+
+
 @dataclass(eq=False)
 class _PartitionState:
     tp: TopicPartition
     position: int | None = None  # next offset poll() hands out
     reset: str | None = None  # "earliest" / "latest" while the position is to be looked up
     fetch_offset: int | None = None  # where the next fetch starts (at or after position)
-    buffer: deque[Record] = field(default_factory=deque)
+    buffer: deque[BatchColumns] = field(default_factory=deque)  # the last fetch's records not handed out
+    cursor: int = 0  # index in buffer[0] of the next record to hand out
     task: asyncio.Task | None = None
     generation: int = 0  # bumped by every seek, so an answer to an older fetch is dropped
     error: RaftkaError | None = None  # raised by poll until the caller seeks
@@ -77,9 +126,13 @@ class _PartitionState:
         self.fetch_offset = offset
         self.reset = reset
         self.buffer.clear()
+        self.cursor = 0
         self.error = None
         self.retry_at_ms = 0
         self.generation += 1
+        self.cancel_fetch()
+
+    def cancel_fetch(self) -> None:
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -233,16 +286,31 @@ class Consumer:
         Returns an empty list when nothing arrived in time. Raises non-retriable errors (unknown
         topic, offset out of range with auto_offset_reset="error", a record the deserializer refuses).
         """
+        records: list[ConsumerRecord] = []
+        for batch in await self.poll_batches(timeout_ms, max_records):
+            records += batch
+        return records
+
+    async def poll_batches(
+        self, timeout_ms: int = 1000, max_records: int | None = None
+    ) -> list[ConsumerBatch]:
+        """What `poll()` returns, column by column: the same records, positions and errors, without an
+        object per record but its key, value and timestamp. One ConsumerBatch per fetched batch whose
+        records share a layout, or per stretch of other batches, or the part of one that `max_records`
+        leaves room for."""
         if self._closed:
             raise RaftkaError(None, "the consumer is closed")
         limit = self.max_poll_records if max_records is None else max_records
         deadline = monotonic_ms() + max(0, timeout_ms)
         while True:
             await self._resolve_pending()
-            records = self._drain(limit)
+            for state in list(self._states.values()):
+                if state.task is not None and state.task.done():
+                    self._absorb(state)  # now, not only once every buffer is empty: round robin
+            batches = self._drain(limit)
             self._start_fetches()
-            if records:
-                return records
+            if batches:
+                return batches
             now = monotonic_ms()
             if now >= deadline:
                 return []
@@ -255,10 +323,7 @@ class Consumer:
             if not tasks:
                 await asyncio.sleep(wait_s)
                 continue
-            done, _ = await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-            for state in list(self._states.values()):
-                if state.task is not None and state.task in done:
-                    self._absorb(state)
+            await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
 
     async def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
         """Records forever: `async for record in consumer:`."""
@@ -291,9 +356,12 @@ class Consumer:
                 and state.error is None
                 and state.retry_at_ms <= now
             ):
-                state.task = asyncio.ensure_future(
-                    self._fetch(state.tp, state.fetch_offset, state.generation)
-                )
+                self._start_fetch(state)
+
+    def _start_fetch(self, state: _PartitionState) -> None:
+        assert state.task is None, "one fetch at a time per partition"
+        assert state.fetch_offset is not None, "no offset to fetch from"
+        state.task = asyncio.ensure_future(self._fetch(state.tp, state.fetch_offset, state.generation))
 
     async def _fetch(self, tp: TopicPartition, offset: int, generation: int) -> _Fetched:
         address = await self._metadata.leader_address(tp.topic, tp.partition)
@@ -346,9 +414,22 @@ class Consumer:
                 f"fetch_bytes_max = {self.fetch_bytes_max}; raise it",
             )
             return
+        offset = fetched.offset
+        header_next = headers.get("X-Raftka-Next-Offset")
+        if header_next is not None and whole == len(body):
+            next_offset = int(header_next)
+        else:
+            next_offset = _next_offset_of(body, whole, offset)
+        read_ahead = not state.buffer
+        if read_ahead:  # the node reads the next fetch while this one is decoded and handed out
+            state.fetch_offset = next_offset
+            self._start_fetch(state)
         try:
-            records = decode_batches(memoryview(body)[:whole])
+            chunks = decode_batches_columns(body if whole == len(body) else memoryview(body)[:whole])
         except InvalidBatchError as exc:
+            if read_ahead:  # fetch this one again, after the back-off
+                state.cancel_fetch()
+                state.fetch_offset = offset
             self._on_fetch_error(
                 state,
                 CorruptRecordError(
@@ -356,19 +437,18 @@ class Consumer:
                 ),
             )
             return
-        offset = fetched.offset
-        next_offset = offset
-        if records:
-            next_offset = records[-1].offset + 1
-        header_next = headers.get("X-Raftka-Next-Offset")
-        if header_next is not None and whole == len(body):
-            next_offset = max(next_offset, int(header_next))
-        else:
-            next_offset = max(next_offset, _next_offset_of(body, whole, offset))
-        state.buffer.extend(r for r in records if r.offset >= offset)
+        if chunks and chunks[-1].offsets[-1] >= next_offset:  # a next offset short of the records: trust them
+            next_offset = chunks[-1].offsets[-1] + 1
+            state.cancel_fetch()  # a read ahead from the wrong offset: _start_fetches starts the right one
         state.fetch_offset = next_offset
-        if not state.buffer:
+        kept = [chunk for chunk in chunks if chunk.offsets[-1] >= offset]  # a batch may start before it
+        if kept and state.buffer:  # a read ahead lands behind buffered records: cut below its offset
+            kept[0] = _cut(kept[0], bisect.bisect_left(kept[0].offsets, offset), len(kept[0].offsets))
+        elif kept:
+            state.cursor = bisect.bisect_left(kept[0].offsets, offset)
+        elif not state.buffer:
             state.position = next_offset  # only skipped offsets (compaction gaps): move past them
+        state.buffer.extend(kept)
 
     def _on_fetch_error(self, state: _PartitionState, error: RaftkaError) -> None:
         if isinstance(error, OffsetOutOfRangeError):
@@ -392,45 +472,65 @@ class Consumer:
             self._metadata.invalidate(state.tp.topic)
         state.retry_at_ms = monotonic_ms() + self.retry_backoff_ms
 
-    def _drain(self, limit: int) -> list[ConsumerRecord]:
+    def _drain(self, limit: int) -> list[ConsumerBatch]:
         """Up to `limit` buffered records, round robin over partitions; raises a partition's error."""
         states = list(self._states.values())
         if not states:
             return []
         start = next(self._round_robin) % len(states)
-        out: list[ConsumerRecord] = []
+        out: list[ConsumerBatch] = []
+        room = limit
         for state in states[start:] + states[:start]:
             if state.error is not None and not state.buffer:
                 if out:
                     return out
                 raise state.error
-            buffer = state.buffer
-            topic, partition = state.tp
-            while buffer and len(out) < limit:
-                record = buffer[0]
+            while state.buffer and room > 0:
                 try:
-                    key = self._key_deserializer.deserialize(topic, record.key)
-                    value = self._value_deserializer.deserialize(topic, record.value)
-                except Exception as exc:
+                    batch = self._take(state, room)
+                except SerializationError:
                     if out:
                         return out
-                    raise SerializationError(
-                        None,
-                        f"{topic}-{partition} offset {record.offset}: cannot deserialize the record: {exc}; "
-                        f"seek past it to go on",
-                    ) from exc
-                buffer.popleft()
-                out.append(
-                    ConsumerRecord(
-                        topic, partition, record.offset, record.timestamp_ms, key, value, record.headers
-                    )
-                )
-                state.position = record.offset + 1
-            if not buffer and state.fetch_offset is not None:
+                    raise
+                out.append(batch)
+                room -= len(batch)
+                if state.cursor and room > 0:  # neither the chunk nor the room was used up: so
+                    return out  # it stopped before a record the deserializers refuse; the next poll raises
+            if not state.buffer and state.fetch_offset is not None:
                 state.position = state.fetch_offset
-            if len(out) >= limit:
+            if room <= 0:
                 break
         return out
+
+    def _take(self, state: _PartitionState, limit: int) -> ConsumerBatch:
+        """Up to `limit` records from the first chunk of the partition's buffer, deserialized. Stops
+        before a record the deserializers refuse, which stays first in the buffer; raises
+        SerializationError when that record is the first."""
+        chunk = state.buffer[0]
+        topic, partition = state.tp
+        begin = state.cursor
+        part = _cut(chunk, begin, min(len(chunk.offsets), begin + limit))
+        keys, error = _deserialized(self._key_deserializer, topic, part.keys)
+        unrefused = part.values if len(keys) == len(part.values) else part.values[: len(keys)]
+        values, value_error = _deserialized(self._value_deserializer, topic, unrefused)
+        error = error if len(values) == len(keys) else value_error
+        count = len(values)
+        if count == 0:
+            raise SerializationError(
+                None,
+                f"{topic}-{partition} offset {part.offsets[0]}: cannot deserialize the record: {error}; "
+                f"seek past it to go on",
+            ) from error
+        if count < len(part.offsets):
+            part = _cut(part, 0, count)
+            keys = keys[:count]
+        headers = [()] * count if part.headers is None else part.headers
+        state.position = part.offsets[-1] + 1
+        state.cursor = begin + count
+        if state.cursor == len(chunk.offsets):
+            state.buffer.popleft()
+            state.cursor = 0
+        return ConsumerBatch(topic, partition, part.offsets, part.timestamps, keys, values, headers)
 
     async def close(self) -> None:
         if self._closed:
@@ -444,6 +544,31 @@ class Consumer:
                 await task
         if self._owns_transport:
             await self._transport.close()
+
+
+def _cut(chunk: BatchColumns, begin: int, end: int) -> BatchColumns:
+    """Records begin .. end - 1 of a chunk; the chunk itself when that is all of it (a copy of the
+    columns would touch every record once more)."""
+    if begin == 0 and end == len(chunk.offsets):
+        return chunk
+    return BatchColumns(*(None if column is None else column[begin:end] for column in chunk))
+
+
+def _deserialized(deserializer: Deserializer, topic: str, column: list) -> tuple[list, Exception | None]:
+    """The column deserialized; or, when one is refused, the values before it and the refusal."""
+    if type(deserializer) is BytesDeserializer:
+        return column, None  # the identity: no call per value
+    deserialize = deserializer.deserialize
+    try:
+        return [deserialize(topic, data) for data in column], None
+    except Exception:
+        out = []  # find the refused one: the values before it are still handed out
+    for data in column:
+        try:
+            out.append(deserialize(topic, data))
+        except Exception as exc:
+            return out, exc
+    return out, None  # the refusal did not repeat
 
 
 def _whole_batches_length(body: bytes) -> int:
