@@ -33,6 +33,7 @@ from metadata.commands import (
     ChangePartitions,
     ControlledShutdown,
     FenceBroker,
+    MetadataError,
     PartitionChange,
     UnfenceBroker,
     holds_places,
@@ -201,3 +202,54 @@ def movable_leaderships(image: MetadataImage, node_id: int) -> int:
             if p.leader == node_id and _first_active(image, p.isr, node_id) != NO_LEADER:
                 count += 1
     return count
+
+
+def plan_alter_partition(
+    image: MetadataImage,
+    broker_id: int,
+    broker_epoch: int,
+    topic_id: str,
+    partition: int,
+    leader_epoch: int,
+    partition_epoch: int,
+    isr: tuple[int, ...],
+) -> ChangePartitions:
+    """A leader's request to change its partition's ISR (Kafka's AlterPartition), checked against the
+    committed image: only the current leader of the current epochs may ask, the new ISR holds the
+    leader and only replicas, and a replica joins only when it is active (not fenced or leaving).
+    Raises MetadataError (40403 not the leader, 40905 stale epochs, 42201 a bad ISR)."""
+    broker = image.brokers.get(broker_id)
+    if broker is None or broker.epoch != broker_epoch or broker.fenced:
+        raise MetadataError(
+            40904, f"broker {broker_id} epoch {broker_epoch} is not a current, unfenced registration"
+        )
+    topic = next((t for t in image.topics.values() if t.topic_id == topic_id), None)
+    if topic is None or not 0 <= partition < len(topic.partitions):
+        raise MetadataError(40402, f"no partition {partition} of topic id {topic_id}")
+    current = topic.partitions[partition]
+    if current.leader != broker_id:
+        raise MetadataError(
+            40403, f"broker {broker_id} does not lead {topic.name}-{partition} (leader: {current.leader})"
+        )
+    if leader_epoch != current.leader_epoch or partition_epoch != current.partition_epoch:
+        raise MetadataError(
+            40905,
+            f"{topic.name}-{partition}: epochs {leader_epoch}/{partition_epoch} are stale "
+            f"(leader epoch {current.leader_epoch}, partition epoch {current.partition_epoch})",
+        )
+    new = tuple(isr)
+    if broker_id not in new or not set(new) <= set(current.replicas) or len(set(new)) != len(new):
+        raise MetadataError(
+            42201, f"ISR {list(new)} must hold the leader and only replicas of {topic.name}-{partition}"
+        )
+    for replica in set(new) - set(current.isr):
+        joining = image.brokers.get(replica)
+        if joining is None or not joining.active:
+            raise MetadataError(
+                42201, f"replica {replica} cannot join the ISR of {topic.name}-{partition}: it is not active"
+            )
+    ordered = tuple(r for r in current.replicas if r in new)
+    change = PartitionChange(
+        topic_id, partition, current.leader, current.leader_epoch, ordered, current.partition_epoch + 1
+    )
+    return ChangePartitions((change,), image.controller_epoch)

@@ -27,13 +27,15 @@ from metadata.commands import (
     plan_create_partitions,
     plan_delete_topic,
 )
+from metadata.controller import plan_alter_partition
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
 from node.errors import ApiError
+from node.fetcher import encode_fetch_response
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import parse_produce_body, record_to_json
-from node.replica import FetchResult, Partition
+from node.replica import FetchResult, Partition, ReplicaFetchResult, replica_log_end_offsets
 from raftka.partitioner import partition_for_key
 from storage.record_batch import (
     InvalidBatchError,
@@ -353,19 +355,34 @@ class Handlers:
             local.append((partition, positions, batch))
         results: list[tuple[int, int]] = [(0, 0)] * sum(len(items) for items in by_partition.values())
         for index, target, positions, batch in remote:
-            first = await self._forward_batch(target, topic, index, batch, acks)
+            first = await self._forward_batch(
+                target, topic, index, batch, acks, self.produce_timeout_s(request)
+            )
             for i, position in enumerate(positions):
                 results[position] = (index, -1 if acks == "0" else first + i)
+        commits = []
         for partition, positions, batch in local:
             info = partition.append(batch)
             self.node.metrics.record_produce(partition.topic, len(positions), len(batch))
             for i, position in enumerate(positions):
                 results[position] = (partition.index, -1 if acks == "0" else info.first_offset + i)
+            if acks == "all":
+                commits.append(partition.wait_committed(info.last_offset, self.produce_timeout_s(request)))
+        await asyncio.gather(*commits)
         return results
 
-    async def _forward_batch(self, target: ForwardTo, topic: str, index: int, batch: bytes, acks: str) -> int:
+    def produce_timeout_s(self, request: web.Request) -> float:
+        """How long acks=all waits for the in-sync replicas (`?timeout_ms=`, else the node's default)."""
+        default = self.node.config.produce_timeout_ms
+        return query_int(request, "timeout_ms", default, 1, 300_000) / 1000
+
+    async def _forward_batch(
+        self, target: ForwardTo, topic: str, index: int, batch: bytes, acks: str, timeout_s: float
+    ) -> int:
         """Append one encoded batch on the partition's leader; its first offset."""
         url = f"http://{target.address}/v1/topics/{quote(topic, safe='')}/partitions/{index}/records?acks={acks}"
+        if acks == "all":
+            url += f"&timeout_ms={int(timeout_s * 1000)}"
         headers = {"Content-Type": BATCH_CONTENT_TYPE, FORWARDED_HEADER: str(self.node.config.node_id)}
         try:
             async with self.node.http.post(url, data=batch, headers=headers) as response:
@@ -392,8 +409,11 @@ class Handlers:
             except InvalidBatchError as exc:
                 code = 42202 if "checksum" in str(exc) else 42201
                 raise ApiError(code, f"invalid record batch: {exc}") from None
+            timeout_s = self.produce_timeout_s(request)
             info = partition.append(body, checked_header=header)  # checksum checked just above
             self.node.metrics.record_produce(partition.topic, header.record_count, len(body))
+            if acks == "all":
+                await partition.wait_committed(info.last_offset, timeout_s)
             base, last = (-1, -1) if acks == "0" else (info.first_offset, info.last_offset)
             return json_response(
                 {
@@ -425,6 +445,7 @@ class Handlers:
         binary = wants_binary(request)
         config = self.node.config
         partition = self.leader_or_forward(request, request.match_info["topic"], path_partition(request))
+        partition.check_leader(self.leader_epoch_param(request))
         offset = query_int(request, "offset", None, 0, 2**63 - 1)
         max_bytes = query_int(request, "max_bytes", 1024 * 1024, 1, config.fetch_bytes_max)
         max_wait_ms = query_int(request, "max_wait_ms", 500, 0, config.fetch_wait_max_ms)
@@ -459,7 +480,7 @@ class Handlers:
 
     async def offsets(self, request: web.Request) -> web.Response:
         partition = self.leader_or_forward(request, request.match_info["topic"], path_partition(request))
-        partition.check_leader()
+        leader = partition.check_leader(self.leader_epoch_param(request))
         if "timestamp_ms" in request.query:
             timestamp = query_int(request, "timestamp_ms", None, 0, 2**63 - 1)
             found = partition.log.offset_for_timestamp(timestamp)
@@ -471,8 +492,17 @@ class Handlers:
                 "log_start_offset": partition.log.log_start_offset,
                 "high_watermark": partition.high_watermark,
                 "log_end_offset": partition.log.log_end_offset,
+                "leader_epoch": leader.leader_epoch,
+                "replica_log_end_offsets": replica_log_end_offsets(partition),
             }
         )
+
+    @staticmethod
+    def leader_epoch_param(request: web.Request) -> int | None:
+        """`?leader_epoch=N`: the epoch the client knows; a stale one is fenced (KIP-320)."""
+        if "leader_epoch" not in request.query:
+            return None
+        return query_int(request, "leader_epoch", None, 0, 2**31 - 1)
 
     # node
 
@@ -564,6 +594,90 @@ class Handlers:
         answer = await self.node.controller.controlled_shutdown(node_id, epoch)
         return json_response(answer, headers=self.version_header())
 
+    async def replica_fetch(self, request: web.Request) -> web.Response:
+        """A follower's fetch of every partition it follows from this leader (node/fetcher.py)."""
+        document = await read_json_object(request)
+        config = self.node.config
+        replica_id = document.get("replica_id")
+        entries = document.get("partitions")
+        if not isinstance(replica_id, int) or not isinstance(entries, list):
+            raise ApiError(42201, "replica_id (integer) and partitions (list) are required")
+        max_wait_ms = min(int(document.get("max_wait_ms", 0)), config.fetch_wait_max_ms)
+        max_bytes = max(1, min(int(document.get("max_bytes", 1 << 20)), config.fetch_bytes_max))
+        wanted = []
+        for entry in entries:
+            try:
+                wanted.append(
+                    (
+                        str(entry["topic"]),
+                        int(entry["partition"]),
+                        int(entry["fetch_offset"]),
+                        int(entry["last_fetched_epoch"]),
+                        int(entry["leader_epoch"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                raise ApiError(42201, f"bad partition entry in a replica fetch: {entry!r}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_ms / 1000
+        while True:
+            answers = []
+            waits = []
+            for topic, index, fetch_offset, last_epoch, leader_epoch in wanted:
+                partition = self.replicas.partitions.get((topic, index))
+                if partition is None:
+                    answers.append((topic, index, ReplicaFetchResult(b"", 0, 0, 0, error_code=40403)))
+                    continue
+                answers.append(
+                    (
+                        topic,
+                        index,
+                        partition.read_for_follower(
+                            replica_id, fetch_offset, last_epoch, leader_epoch, max_bytes
+                        ),
+                    )
+                )
+                waits.append(partition)
+            remaining = deadline - loop.time()
+            ready = any(r.data or r.error_code or r.diverging for _, _, r in answers)
+            if ready or remaining <= 0 or not waits:
+                break
+            await asyncio.wait(
+                [asyncio.ensure_future(p.wait_for_append(remaining)) for p in waits],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        return web.Response(body=encode_fetch_response(answers), content_type="application/octet-stream")
+
+    async def alter_partition(self, request: web.Request) -> web.Response:
+        """A leader asks the controller for a new ISR (Kafka's AlterPartition)."""
+        document = await read_json_object(request)
+        self.controller_or_forward(request)
+        try:
+            broker_id = int(document["broker_id"])
+            broker_epoch = int(document["broker_epoch"])
+            topic_id = str(document["topic_id"])
+            index = int(document["partition"])
+            leader_epoch = int(document["leader_epoch"])
+            partition_epoch = int(document["partition_epoch"])
+            isr = tuple(int(r) for r in document["isr"])
+        except (KeyError, TypeError, ValueError):
+            raise ApiError(
+                42201,
+                "alter-partition needs broker_id, broker_epoch, topic_id, partition, "
+                "leader_epoch, partition_epoch and isr",
+            ) from None
+        image = await self.node.controller.propose_planned(
+            lambda image: plan_alter_partition(
+                image, broker_id, broker_epoch, topic_id, index, leader_epoch, partition_epoch, isr
+            )
+        )
+        topic = next((t for t in image.topics.values() if t.topic_id == topic_id), None)
+        info = topic.partitions[index] if topic is not None and index < len(topic.partitions) else None
+        return json_response(
+            {"isr": list(info.isr) if info else [], "partition_epoch": info.partition_epoch if info else -1},
+            headers=self.version_header(),
+        )
+
     async def metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.node.metrics.render(self.replicas, self.node)
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -652,6 +766,8 @@ def build_app(node) -> web.Application:
     app.router.add_post("/v1/internal/brokers/{node_id}/register", h.register_broker)
     app.router.add_post("/v1/internal/brokers/{node_id}/heartbeat", h.broker_heartbeat)
     app.router.add_post("/v1/internal/brokers/{node_id}/shutdown", h.broker_shutdown)
+    app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
+    app.router.add_post("/v1/internal/alter-partition", h.alter_partition)
     app.router.add_post("/v1/topics", h.create_topic)
     app.router.add_get("/v1/topics", h.list_topics)
     app.router.add_get("/v1/topics/{topic}", h.get_topic)

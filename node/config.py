@@ -50,6 +50,14 @@ class NodeConfig:
     session_timeout_ms: int = 6000  # fenced after this without a heartbeat (Kafka: 9000)
     controlled_shutdown_timeout_ms: int = 15_000
     preferred_election_interval_ms: int = 60_000  # 0 turns the periodic election off
+    # -- replication (see docs/replication.md) ---------------------------------------------------
+    # A follower that has not caught up with the leader's log end for this long leaves the ISR
+    # (Kafka's replica.lag.time.max.ms is 30000; shorter here, for small clusters and experiments).
+    replica_lag_time_max_ms: int = 10_000
+    replica_fetch_wait_max_ms: int = 500  # a follower's long-poll (Kafka's replica.fetch.wait.max.ms)
+    replica_fetch_max_bytes: int = 1024 * 1024  # per partition (Kafka's replica.fetch.max.bytes)
+    # How long an acks=all produce waits for the in-sync replicas unless it asks (?timeout_ms=).
+    produce_timeout_ms: int = 30_000
     # Raft election timeouts (pysyncobj's raftMinTimeout/raftMaxTimeout, in ms).
     raft_election_min_ms: int = 400
     raft_election_max_ms: int = 1400

@@ -18,12 +18,22 @@ retention, flush and cleaning work runs in threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
-from metadata.image import MetadataImage, PartitionInfo, TopicInfo
+from metadata.image import NO_LEADER, MetadataImage, PartitionInfo, TopicInfo
 from metadata.topic_config import log_config, min_insync_replicas
 from node.errors import ApiError
+from node.replication import (
+    Diverging,
+    IsrProposal,
+    LeaderCore,
+    follower_high_watermark,
+    follower_truncation_offset,
+    leader_check_fetch,
+)
 from storage.cleaner import LogCleaner
 from storage.errors import (
     BatchTooLargeError,
@@ -49,7 +59,29 @@ class FetchResult:
     log_end_offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaFetchResult:
+    """The leader's answer to one partition of a follower's fetch."""
+
+    data: bytes
+    high_watermark: int
+    log_start_offset: int
+    log_end_offset: int
+    diverging: Diverging | None = None
+    error_code: int = 0  # 0, 41601 (fetch offset below the log start), 40403/40905 (not leader / epoch)
+
+
+NO_INFO = PartitionInfo((), NO_LEADER, -1, (), -1)  # before the first metadata: no role
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
 class Partition:
+    """One replica of a partition on this node: the leader (appends, HW, acks=all waiters, answers to
+    followers' fetches) or a follower (applies what the leader sends), as the metadata says."""
+
     def __init__(
         self, topic: str, index: int, partition_log: PartitionLog, info: PartitionInfo, node_id: int
     ):
@@ -60,40 +92,120 @@ class Partition:
         self.info = info
         self.topic_id: str | None = None
         self.min_insync_replicas = 1
-        self.high_watermark = partition_log.log_end_offset  # everything on the only replica is committed
-        self._data_arrived = asyncio.Event()
+        self.leader: LeaderCore | None = None
+        self.follower_high_watermark = 0  # what the leader last told this replica, capped by its LEO
+        self._data_arrived = asyncio.Event()  # the HW moved: wakes consumer fetches
+        self._appended = asyncio.Event()  # the LEO moved: wakes follower fetches
+        self._waiters: list[tuple[int, asyncio.Future]] = []  # acks=all: (last offset, future)
+
+    # -- roles --------------------------------------------------------------------------------------
 
     @property
     def is_leader(self) -> bool:
-        return self.info.leader == self.node_id and self.info.replicas == (self.node_id,)
+        return self.leader is not None
 
-    def check_leader(self) -> None:
-        if self.info.leader != self.node_id:
+    @property
+    def high_watermark(self) -> int:
+        if self.leader is not None:
+            return self.leader.high_watermark
+        return self.follower_high_watermark
+
+    def update(self, info: PartitionInfo, min_insync: int) -> None:
+        """Follow the metadata: become leader or follower, or take a new ISR."""
+        old = self.info
+        self.info = info
+        self.min_insync_replicas = min_insync
+        if info.leader == self.node_id:
+            if self.leader is None or self.leader.leader_epoch != info.leader_epoch:
+                self._become_leader(info)
+            elif self.leader.on_metadata(info.isr, info.partition_epoch, min_insync):
+                self._high_watermark_moved()
+        elif self.leader is not None or old.leader_epoch != info.leader_epoch:
+            self._become_follower(info)
+
+    def _become_leader(self, info: PartitionInfo) -> None:
+        # The epoch enters the epoch cache with its first batch, not now: an entry without batches
+        # would make this replica, deposed before writing, report an epoch it holds nothing of.
+        start = self.log.log_end_offset
+        self.leader = LeaderCore(
+            replica_id=self.node_id,
+            replicas=info.replicas,
+            isr=info.isr,
+            leader_epoch=info.leader_epoch,
+            partition_epoch=info.partition_epoch,
+            epoch_start_offset=start,
+            high_watermark=self.high_watermark,
+            log_end_offset=start,
+            min_insync_replicas=self.min_insync_replicas,
+            now_ms=now_ms(),
+        )
+        log.info(
+            "%s-%d: leader at epoch %d from offset %d (ISR %s)",
+            self.topic,
+            self.index,
+            info.leader_epoch,
+            start,
+            list(info.isr),
+        )
+        self._high_watermark_moved()
+
+    def _become_follower(self, info: PartitionInfo) -> None:
+        if self.leader is not None:
+            self.follower_high_watermark = min(self.leader.high_watermark, self.log.log_end_offset)
+            self.leader = None
+            log.info(
+                "%s-%d: follower of %d at epoch %d", self.topic, self.index, info.leader, info.leader_epoch
+            )
+        self._fail_waiters(
+            ApiError(
+                40403,
+                f"{self.topic}-{self.index}: leadership moved to {info.leader} before the records were "
+                "committed; they may or may not be kept (retry; an idempotent producer retries safely)",
+            )
+        )
+        self._appended.set()  # wake follower fetches parked here: they get a fencing answer
+        self._appended = asyncio.Event()
+
+    def check_leader(self, leader_epoch: int | None = None) -> LeaderCore:
+        """This replica's leader state; ApiError when it does not lead (or `leader_epoch` is stale)."""
+        if self.leader is None:
             raise ApiError(
                 40403,
                 f"node {self.node_id} is not the leader of {self.topic}-{self.index} (leader: {self.info.leader})",
             )
-        if not self.is_leader:
+        if leader_epoch is not None and leader_epoch != self.leader.leader_epoch:
+            if leader_epoch < self.leader.leader_epoch:
+                raise ApiError(
+                    40905,
+                    f"{self.topic}-{self.index}: leader epoch {leader_epoch} is fenced, the current one is "
+                    f"{self.leader.leader_epoch}; refresh metadata",
+                )
             raise ApiError(
-                40403, f"{self.topic}-{self.index} has followers; replication is not available yet"
+                40403,
+                f"{self.topic}-{self.index}: leader epoch {leader_epoch} is not known here yet "
+                f"(current {self.leader.leader_epoch}); retry",
             )
+        return self.leader
 
     def validate_acks(self, acks: str) -> None:
-        """acks=all needs the in-sync replicas to reach min.insync.replicas (only this node here)."""
-        isr = len(self.info.isr)
-        if acks == "all" and isr < self.min_insync_replicas:
+        """acks=all needs the ISR to have at least min.insync.replicas members."""
+        leader = self.check_leader()
+        isr = len(leader.isr)
+        if acks == "all" and isr < leader.min_insync_replicas:
             raise ApiError(
                 50301,
                 f"{self.topic}-{self.index} has {isr} in-sync replica(s), "
-                f"min.insync.replicas is {self.min_insync_replicas}",
+                f"min.insync.replicas is {leader.min_insync_replicas}",
             )
+
+    # -- the leader's side ------------------------------------------------------------------------
 
     def append(self, batch: bytes | memoryview, checked_header: BatchHeader | None = None) -> AppendInfo:
         """Append one producer batch as leader; ApiError for anything refused (nothing written).
         `checked_header`: what check_producer_batch returned for these bytes (see append_as_leader)."""
-        self.check_leader()
+        leader = self.check_leader()
         try:
-            info = self.log.append_as_leader(batch, self.info.leader_epoch, checked_header)
+            info = self.log.append_as_leader(batch, leader.leader_epoch, checked_header)
         except CorruptBatchError as exc:
             raise ApiError(42202, f"corrupt record batch: {exc}") from None
         except InvalidBatchError as exc:
@@ -108,20 +220,135 @@ class Partition:
         except OSError as exc:
             log.error("append to %s-%d failed: %s", self.topic, self.index, exc)
             raise ApiError(50002, f"storage error appending to {self.topic}-{self.index}: {exc}") from None
-        self.maybe_advance_high_watermark()
+        if leader.on_append(self.log.log_end_offset):
+            self._high_watermark_moved()
+        self._appended.set()
+        self._appended = asyncio.Event()
         return info
 
-    def maybe_advance_high_watermark(self) -> None:
-        """HW = the smallest log end offset in the ISR; with only this node, its own. Never moves back."""
-        new = self.log.log_end_offset
-        if new > self.high_watermark:
-            self.high_watermark = new
+    async def wait_committed(self, last_offset: int, timeout_s: float) -> None:
+        """acks=all: return once the HW passed `last_offset`; ApiError when the leadership moves or
+        `timeout_s` passes first (the records may still be committed later: the outcome is unknown)."""
+        if self.leader is not None and self.leader.high_watermark > last_offset:
+            return
+        future = asyncio.get_running_loop().create_future()
+        entry = (last_offset, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise ApiError(
+                50304,
+                f"{self.topic}-{self.index}: the in-sync replicas did not confirm offset {last_offset} within "
+                f"{timeout_s * 1000:.0f} ms; the records may or may not be committed (retry; an "
+                "idempotent producer retries safely)",
+            ) from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _high_watermark_moved(self) -> None:
+        hw = self.high_watermark
+        if self._waiters:
+            for last_offset, future in list(self._waiters):
+                if hw > last_offset and not future.done():
+                    future.set_result(None)
+        self._data_arrived.set()
+        self._data_arrived = asyncio.Event()
+
+    def _fail_waiters(self, error: ApiError) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+
+    def read_for_follower(
+        self, replica_id: int, fetch_offset: int, last_fetched_epoch: int, leader_epoch: int, max_bytes: int
+    ) -> ReplicaFetchResult:
+        """One partition of a follower's fetch, as its leader (sync: also what the simulation calls)."""
+        lso, leo = self.log.log_start_offset, self.log.log_end_offset
+        leader = self.leader
+        if leader is None or leader_epoch != leader.leader_epoch:
+            code = 40905 if leader is not None and leader_epoch < leader.leader_epoch else 40403
+            return ReplicaFetchResult(b"", self.high_watermark, lso, leo, error_code=code)
+        diverging = leader_check_fetch(
+            fetch_offset,
+            last_fetched_epoch,
+            lso,
+            leo,
+            lambda epoch: self.log.epoch_cache.end_offset_for(epoch, self.log.log_end_offset),
+        )
+        if diverging is not None:
+            return ReplicaFetchResult(b"", leader.high_watermark, lso, leo, diverging)
+        if fetch_offset < lso or fetch_offset > leo:
+            return ReplicaFetchResult(b"", leader.high_watermark, lso, leo, error_code=41601)
+        if leader.on_fetch(replica_id, fetch_offset, now_ms()):
+            self._high_watermark_moved()
+        data = self.log.read(fetch_offset, max_bytes) if fetch_offset < leo else b""
+        return ReplicaFetchResult(data, leader.high_watermark, lso, leo)
+
+    def isr_proposal(self, lag_time_max_ms: int) -> IsrProposal | None:
+        if self.leader is None:
+            return None
+        return self.leader.isr_proposal(now_ms(), lag_time_max_ms)
+
+    # -- the follower's side -----------------------------------------------------------------------
+
+    def fetch_position(self) -> tuple[int, int]:
+        """(fetch offset, epoch of the last batch) for the next fetch from the leader."""
+        return self.log.log_end_offset, self.log.epoch_cache.latest_epoch()
+
+    def apply_from_leader(self, result: ReplicaFetchResult) -> None:
+        """Take the leader's answer to this replica's fetch (sync: also what the simulation calls)."""
+        if self.leader is not None:
+            return  # became leader meanwhile: the answer is stale
+        if result.diverging is not None:
+            target = follower_truncation_offset(
+                result.diverging,
+                lambda epoch: self.log.epoch_cache.end_offset_for(epoch, self.log.log_end_offset),
+                self.log.log_start_offset,
+                self.log.log_end_offset,
+            )
+            log.info(
+                "%s-%d: truncating to %d (diverged from the leader at epoch %d, end %d; LEO was %d)",
+                self.topic,
+                self.index,
+                target,
+                result.diverging.epoch,
+                result.diverging.end_offset,
+                self.log.log_end_offset,
+            )
+            self.log.truncate_to(target)  # at or below the log start: the log starts afresh there
+            self.follower_high_watermark = min(self.follower_high_watermark, self.log.log_end_offset)
+            return
+        if result.error_code == 41601:
+            # Behind the leader's log start (retention) or past its end: start again at its log start.
+            self.log.truncate_fully_and_start_at(result.log_start_offset)
+            self.follower_high_watermark = result.log_start_offset
+            return
+        if result.error_code:
+            return
+        if result.data:
+            self.log.append_as_follower(result.data)
+        hw = follower_high_watermark(result.high_watermark, self.log.log_end_offset)
+        if hw > self.follower_high_watermark:
+            self.follower_high_watermark = hw
             self._data_arrived.set()
             self._data_arrived = asyncio.Event()
+        if result.log_start_offset > self.log.log_start_offset:
+            self.log.advance_log_start_offset(result.log_start_offset, self.follower_high_watermark)
+
+    # -- consumers ----------------------------------------------------------------------------------
 
     def read(self, offset: int, max_bytes: int) -> FetchResult:
+        leader = self.check_leader()
+        if not leader.high_watermark_known:
+            raise ApiError(
+                40403,
+                f"{self.topic}-{self.index}: the new leader is still learning its high watermark; retry",
+            )
         try:
-            data = self.log.read(offset, max_bytes, max_offset=self.high_watermark)
+            data = self.log.read(offset, max_bytes, max_offset=leader.high_watermark)
         except OffsetOutOfRangeError:
             raise self.out_of_range(offset) from None
         except CorruptLogError as exc:
@@ -129,9 +356,9 @@ class Partition:
             raise ApiError(
                 50002, f"storage error reading {self.topic}-{self.index} at {offset}: {exc}"
             ) from None
-        if offset > self.high_watermark:
+        if offset > leader.high_watermark:
             raise self.out_of_range(offset)
-        return FetchResult(data, self.high_watermark, self.log.log_start_offset, self.log.log_end_offset)
+        return FetchResult(data, leader.high_watermark, self.log.log_start_offset, self.log.log_end_offset)
 
     def out_of_range(self, offset: int) -> ApiError:
         return ApiError(
@@ -145,7 +372,6 @@ class Partition:
 
     async def fetch(self, offset: int, max_bytes: int, min_bytes: int, max_wait_ms: int) -> FetchResult:
         """Read from `offset`; wait up to `max_wait_ms` until at least `min_bytes` are committed."""
-        self.check_leader()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait_ms / 1000
         result = self.read(offset, max_bytes)
@@ -159,6 +385,28 @@ class Partition:
                 break
             result = self.read(offset, max_bytes)
         return result
+
+    def stop(self) -> None:
+        """The replica leaves this node (topic deleted, reassigned): fail what waits on it."""
+        self.leader = None
+        self._fail_waiters(ApiError(40403, f"{self.topic}-{self.index} is no longer on node {self.node_id}"))
+        self._appended.set()
+
+    async def wait_for_append(self, timeout_s: float) -> None:
+        """Park a follower's fetch until this leader appends (or stops leading), at most `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._appended.wait(), timeout_s)
+
+
+def replica_log_end_offsets(partition: Partition) -> dict[str, int] | None:
+    """Each replica's log end offset as this leader knows it (-1: no fetch yet), or None when not leader."""
+    leader = partition.leader
+    if leader is None:
+        return None
+    ends = {str(partition.node_id): partition.log.log_end_offset}
+    for replica, state in leader.followers.items():
+        ends[str(replica)] = state.log_end_offset
+    return ends
 
 
 class ReplicaManager:
@@ -185,7 +433,7 @@ class ReplicaManager:
                 partition = self.partitions.get(key)
                 if partition is not None and partition.topic_id != topic.topic_id:
                     # Deleted and created again between two images this node saw: a new log.
-                    self.partitions.pop(key)
+                    self.partitions.pop(key).stop()
                     self.cleaner.unregister(f"{topic.name}-{index}")
                     self.log_manager.delete_log(topic.name, index)
                     partition = None
@@ -193,7 +441,7 @@ class ReplicaManager:
                     partition_log = self.log_manager.get_or_create_log(
                         topic.name, index, config, topic.topic_id
                     )
-                    partition = Partition(topic.name, index, partition_log, info, self.node_id)
+                    partition = Partition(topic.name, index, partition_log, NO_INFO, self.node_id)
                     partition.topic_id = topic.topic_id
                     self.partitions[key] = partition
                     self.cleaner.register(
@@ -201,10 +449,10 @@ class ReplicaManager:
                     )
                 elif partition.log.config != config:
                     self.log_manager.update_config(topic.name, config)
-                partition.info = info
-                partition.min_insync_replicas = min_insync_replicas(dict(topic.configs))
+                partition.update(info, min_insync_replicas(dict(topic.configs)))
         for key in [k for k in self.partitions if k not in wanted]:
-            self.partitions.pop(key)
+            gone = self.partitions.pop(key)
+            gone.stop()
             self.cleaner.unregister(f"{key[0]}-{key[1]}")
         for key in self.log_manager.logs():
             if key not in wanted:  # the topic was deleted (perhaps while this node was down)
@@ -233,6 +481,15 @@ class ReplicaManager:
                 40403, f"partition {topic_name}-{index} is not on node {self.node_id} (leader: {leader})"
             )
         return partition
+
+    def followed(self) -> dict[int, list[Partition]]:
+        """Partitions this node follows, by the leader they follow."""
+        out: dict[int, list[Partition]] = {}
+        for partition in self.partitions.values():
+            leader = partition.info.leader
+            if partition.leader is None and leader not in (NO_LEADER, self.node_id):
+                out.setdefault(leader, []).append(partition)
+        return out
 
     def max_message_bytes(self, topic_name: str) -> int:
         return log_config(dict(self.topic(topic_name).configs)).max_message_bytes

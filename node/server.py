@@ -37,6 +37,7 @@ from node.api import build_app, new_topic_id
 from node.config import NodeConfig, split_host_port
 from node.controller import ControllerService
 from node.errors import ApiError
+from node.fetcher import ReplicaFetcher
 from node.forward import METADATA_VERSION_HEADER, METADATA_WAIT_S, call
 from node.lifecycle import BrokerLifecycle
 from node.metrics import NodeMetrics
@@ -48,6 +49,7 @@ from storage.manager import LogManager
 log = logging.getLogger(__name__)
 
 META_PROPERTIES = "meta.properties"
+ISR_CHECK_S = 0.25
 
 
 class DataDirError(RuntimeError):
@@ -136,6 +138,7 @@ class Node:
         self.replicas: ReplicaManager | None = None
         self.controller: ControllerService | None = None
         self.lifecycle = BrokerLifecycle(self)
+        self.fetcher = ReplicaFetcher(self)
         self.http: aiohttp.ClientSession | None = None
         self.cleaner = LogCleaner()
         self._runner: web.AppRunner | None = None
@@ -211,6 +214,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self.controller.run()))
         self._tasks += [
             asyncio.create_task(self._follow_metadata()),
+            asyncio.create_task(self._propose_isr_changes()),
             asyncio.create_task(self._every(config.flush_check_interval_ms, self.log_manager.flush_dirty)),
             asyncio.create_task(self._every(config.retention_check_interval_ms, self.replicas.run_retention)),
         ]
@@ -228,6 +232,7 @@ class Node:
         if not self.metadata_ready:
             return  # a replay in progress: the image may still lack topics whose logs are here
         self.replicas.apply_image(new)
+        self.fetcher.reconcile()
         if new.cluster_id and new.cluster_id != self.cluster_id:
             if self.cluster_id:
                 message = (
@@ -250,6 +255,58 @@ class Node:
                 raise TimeoutError(self.not_ready_reason())
             await asyncio.sleep(0.05)
 
+    async def _propose_isr_changes(self) -> None:
+        """Leaders ask the controller to shrink or expand ISRs (never change them alone)."""
+        lag_ms = self.config.replica_lag_time_max_ms
+        while True:
+            await asyncio.sleep(ISR_CHECK_S)
+            if not self.metadata_ready or self.lifecycle.broker_epoch is None:
+                continue
+            changes = []
+            for partition in list(self.replicas.partitions.values()):
+                proposal = partition.isr_proposal(lag_ms)
+                if proposal is not None:
+                    changes.append(self._alter_partition(partition, proposal))
+            await asyncio.gather(*changes)
+
+    async def _alter_partition(self, partition, proposal) -> None:
+        address = self.lifecycle.controller_address()
+        document = {
+            "broker_id": self.config.node_id,
+            "broker_epoch": self.lifecycle.broker_epoch,
+            "topic_id": partition.topic_id,
+            "partition": partition.index,
+            "leader_epoch": proposal.leader_epoch,
+            "partition_epoch": proposal.partition_epoch,
+            "isr": list(proposal.isr),
+        }
+        try:
+            if address is None:
+                raise ApiError(50303, "no controller")
+            status, body, headers = await call(
+                self, address, "POST", "/v1/internal/alter-partition", document
+            )
+            if status != 200:
+                raise ApiError(int(body.get("error_code", status * 100 + 1)), str(body.get("message")))
+            log.info(
+                "%s-%d: ISR now %s (asked %s)",
+                partition.topic,
+                partition.index,
+                body.get("isr"),
+                list(proposal.isr),
+            )
+            await self.store.wait_for_version(int(headers.get(METADATA_VERSION_HEADER, "0")), METADATA_WAIT_S)
+        except ApiError as exc:
+            log.info(
+                "%s-%d: ISR change to %s refused: %s",
+                partition.topic,
+                partition.index,
+                list(proposal.isr),
+                exc.message,
+            )
+            if partition.leader is not None and partition.leader.pending == proposal:
+                partition.leader.on_proposal_failed()
+
     async def _every(self, interval_ms: int, work) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -265,6 +322,7 @@ class Node:
             await self.lifecycle.controlled_shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.fetcher.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -210,7 +210,13 @@ def test_offsets_and_timestamps(node):
         {"records": [{"value": i, "timestamp_ms": base + 10 * i} for i in range(10)]},
     )
     status, body, _ = node.request("GET", "/v1/topics/times/partitions/0/offsets")
-    assert body == {"log_start_offset": 0, "high_watermark": 10, "log_end_offset": 10}
+    assert body == {
+        "log_start_offset": 0,
+        "high_watermark": 10,
+        "log_end_offset": 10,
+        "leader_epoch": body["leader_epoch"],
+        "replica_log_end_offsets": {"1": 10},
+    }
     status, body, _ = node.request("GET", f"/v1/topics/times/partitions/0/offsets?timestamp_ms={base + 35}")
     assert body == {"offset": 4, "timestamp_ms": base + 40}
     status, body, _ = node.request(

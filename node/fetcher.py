@@ -1,0 +1,185 @@
+"""`ReplicaFetcher`: this node's followers pull from their leaders, one long-poll per leader.
+
+Theory of operation
+-------------------
+For each leader that leads partitions this node follows there is one task and one HTTP request at
+a time (one connection per follower per leader), carrying every partition followed from that
+leader: `POST /v1/internal/replica/fetch` with each partition's fetch offset (its log end offset),
+the epoch of its last batch and the leader epoch this node knows. The leader parks the request until
+it has data or `replica_fetch_wait_max_ms` passes. The answer is binary (`encode_fetch_response`): a
+length-prefixed JSON head with each partition's high watermark, log start offset, error or diverging
+epoch and data size, then the partitions' raw batches back to back. Each partition's part goes to
+`Partition.apply_from_leader`, which appends the batches without decoding them (checksums checked),
+truncates on divergence, and takes the high watermark and log start offset. All decisions are in
+node/replication.py; this module only moves bytes.
+
+`reconcile()` runs after every metadata change: tasks start for new leaders and end for leaders this
+node no longer follows. A failed request backs off for `BACKOFF_S` and tries again (the leader may be
+gone: the controller will elect another and the metadata will say so).
+
+Thread-safety: event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+
+import aiohttp
+import orjson
+
+from node.forward import FORWARDED_HEADER
+from node.replica import ReplicaFetchResult
+from node.replication import Diverging
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = 0.2
+_HEAD_LENGTH = struct.Struct(">I")
+FETCH_PATH = "/v1/internal/replica/fetch"
+
+
+def encode_fetch_response(entries: list[tuple[str, int, ReplicaFetchResult]]) -> bytes:
+    head = []
+    for topic, index, result in entries:
+        head.append(
+            {
+                "topic": topic,
+                "partition": index,
+                "error_code": result.error_code,
+                "high_watermark": result.high_watermark,
+                "log_start_offset": result.log_start_offset,
+                "log_end_offset": result.log_end_offset,
+                "diverging": None
+                if result.diverging is None
+                else [result.diverging.epoch, result.diverging.end_offset],
+                "size": len(result.data),
+            }
+        )
+    encoded = orjson.dumps({"partitions": head})
+    return b"".join([_HEAD_LENGTH.pack(len(encoded)), encoded, *(r.data for _, _, r in entries)])
+
+
+def decode_fetch_response(body: bytes) -> list[tuple[str, int, ReplicaFetchResult]]:
+    (length,) = _HEAD_LENGTH.unpack_from(body, 0)
+    head = orjson.loads(body[4 : 4 + length])
+    position = 4 + length
+    out = []
+    for entry in head["partitions"]:
+        size = entry["size"]
+        data = body[position : position + size]
+        position += size
+        diverging = entry["diverging"]
+        out.append(
+            (
+                entry["topic"],
+                entry["partition"],
+                ReplicaFetchResult(
+                    data,
+                    entry["high_watermark"],
+                    entry["log_start_offset"],
+                    entry["log_end_offset"],
+                    None if diverging is None else Diverging(diverging[0], diverging[1]),
+                    entry["error_code"],
+                ),
+            )
+        )
+    if position != len(body):
+        raise ValueError(f"replica fetch answer has {len(body) - position} bytes past its partitions")
+    return out
+
+
+class ReplicaFetcher:
+    def __init__(self, node):
+        self.node = node
+        self._tasks: dict[int, asyncio.Task] = {}
+
+    def reconcile(self) -> None:
+        followed = self.node.replicas.followed()
+        for leader_id, task in list(self._tasks.items()):
+            if leader_id not in followed or task.done():
+                task.cancel()
+                del self._tasks[leader_id]
+        for leader_id in followed:
+            if leader_id not in self._tasks:
+                self._tasks[leader_id] = asyncio.create_task(self._run(leader_id))
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self, leader_id: int) -> None:
+        failures = 0
+        while True:
+            partitions = self.node.replicas.followed().get(leader_id, [])
+            if not partitions:
+                return
+            try:
+                await self._fetch_once(leader_id, partitions)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the leader is down, slow or changing: back off and go on
+                failures += 1
+                if failures == 1 or failures % 50 == 0:
+                    log.info("fetch from leader %d failed (%s); retrying", leader_id, exc)
+                await asyncio.sleep(BACKOFF_S)
+
+    async def _fetch_once(self, leader_id: int, partitions) -> None:
+        config = self.node.config
+        broker = self.node.store.image.brokers.get(leader_id)
+        if broker is None:
+            await asyncio.sleep(BACKOFF_S)
+            return
+        wanted = {}
+        request = []
+        for partition in partitions:
+            fetch_offset, last_epoch = partition.fetch_position()
+            wanted[(partition.topic, partition.index)] = partition
+            request.append(
+                {
+                    "topic": partition.topic,
+                    "partition": partition.index,
+                    "fetch_offset": fetch_offset,
+                    "last_fetched_epoch": last_epoch,
+                    "leader_epoch": partition.info.leader_epoch,
+                }
+            )
+        document = {
+            "replica_id": config.node_id,
+            "max_wait_ms": config.replica_fetch_wait_max_ms,
+            "max_bytes": config.replica_fetch_max_bytes,
+            "partitions": request,
+        }
+        timeout = aiohttp.ClientTimeout(total=10 + config.replica_fetch_wait_max_ms / 1000)
+        async with self.node.http.post(
+            f"http://{broker.address}{FETCH_PATH}",
+            data=orjson.dumps(document),
+            headers={"Content-Type": "application/json", FORWARDED_HEADER: str(config.node_id)},
+            timeout=timeout,
+        ) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{response.status} {body[:200]!r}")
+        fenced = False
+        for topic, index, result in decode_fetch_response(body):
+            partition = wanted.get((topic, index))
+            if partition is None or self.node.replicas.partitions.get((topic, index)) is not partition:
+                continue  # the replica went away meanwhile
+            if result.error_code in (40403, 40905):
+                fenced = True  # our metadata or the leader's is behind: wait for it to change
+                continue
+            try:
+                partition.apply_from_leader(result)
+            except Exception:
+                log.exception("%s-%d: applying the leader's answer failed", topic, index)
+                fenced = True
+        if fenced:
+            await asyncio.sleep(BACKOFF_S)
