@@ -235,6 +235,7 @@ class Handlers:
             if status == 200:
                 entry["log_start_offset"] = body.get("log_start_offset")
                 entry["high_watermark"] = body.get("high_watermark")
+                entry["replica_log_end_offsets"] = body.get("replica_log_end_offsets")
 
         await asyncio.gather(*(ask(entry) for entry in missing))
 
@@ -250,7 +251,8 @@ class Handlers:
                     "isr": list(info.isr),
                     "leader_epoch": info.leader_epoch,
                     "log_start_offset": local.log.log_start_offset if local else None,
-                    "high_watermark": local.high_watermark if local else None,
+                    "high_watermark": local.high_watermark if local and local.is_leader else None,
+                    "replica_log_end_offsets": replica_log_end_offsets(local) if local else None,
                 }
             )
         return {
@@ -530,6 +532,12 @@ class Handlers:
                 "controller_id": image.controller_id,
                 "controller_epoch": image.controller_epoch,
                 "metadata_offset": image.version,
+                "under_replicated_partitions": sum(
+                    1 for t in image.topics.values() for p in t.partitions if len(p.isr) < len(p.replicas)
+                ),
+                "offline_partitions": sum(
+                    1 for t in image.topics.values() for p in t.partitions if p.leader < 0
+                ),
                 "raft": store.status(),
                 "brokers": [
                     {

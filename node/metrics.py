@@ -67,6 +67,11 @@ class NodeMetrics:
         self.brokers = Gauge(
             "raftka_brokers", "Brokers in the metadata by status", ["status"], registry=self.registry
         )
+        self.under_replicated = Gauge(
+            "raftka_under_replicated_partitions",
+            "Partitions whose ISR is smaller than their replica set",
+            registry=self.registry,
+        )
         self.offline_partitions = Gauge(
             "raftka_offline_partitions", "Partitions without a leader", registry=self.registry
         )
@@ -92,6 +97,9 @@ class NodeMetrics:
             self.controller_active.set(1 if node.controller is not None and node.controller.active else 0)
             for status in ("active", "fenced", "shutting_down"):
                 self.brokers.labels(status).set(sum(1 for b in image.brokers.values() if b.status == status))
+            self.under_replicated.set(
+                sum(1 for t in image.topics.values() for p in t.partitions if len(p.isr) < len(p.replicas))
+            )
             self.offline_partitions.set(
                 sum(1 for t in image.topics.values() for p in t.partitions if p.leader < 0)
             )

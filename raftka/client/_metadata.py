@@ -167,6 +167,10 @@ class ClusterMetadata:
 
     async def leader_address(self, topic: str, partition: int) -> str:
         """The address of the partition's leader; raises a retriable error while it has none."""
+        return (await self.leader(topic, partition))[0]
+
+    async def leader(self, topic: str, partition: int) -> tuple[str, int | None]:
+        """(address, leader epoch) of the partition's leader; a retriable error while it has none."""
         metadata = await self.topic(topic)
         if partition >= len(metadata.partitions):
             metadata = await self.topic(topic, refresh=True)  # it may have grown
@@ -179,7 +183,7 @@ class ClusterMetadata:
             self.invalidate(topic)
             raise NotLeaderError(40403, f"{topic}-{partition} has no leader now")
         try:
-            return await self.broker_address(leader)
+            return await self.broker_address(leader), metadata.partitions[partition].leader_epoch
         except RaftkaError:
             self.invalidate(topic)
             raise

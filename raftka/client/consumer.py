@@ -364,17 +364,20 @@ class Consumer:
         state.task = asyncio.ensure_future(self._fetch(state.tp, state.fetch_offset, state.generation))
 
     async def _fetch(self, tp: TopicPartition, offset: int, generation: int) -> _Fetched:
-        address = await self._metadata.leader_address(tp.topic, tp.partition)
+        address, leader_epoch = await self._metadata.leader(tp.topic, tp.partition)
+        params = {
+            "offset": offset,
+            "max_bytes": self.fetch_bytes_max,
+            "max_wait_ms": self.fetch_max_wait_ms,
+            "min_bytes": self.fetch_min_bytes,
+        }
+        if leader_epoch is not None:
+            params["leader_epoch"] = leader_epoch  # a stale one is fenced (KIP-320): refresh, retry
         response = await self._transport.request(
             "GET",
             address,
             topic_path(tp.topic, "partitions", tp.partition, "records"),
-            params={
-                "offset": offset,
-                "max_bytes": self.fetch_bytes_max,
-                "max_wait_ms": self.fetch_max_wait_ms,
-                "min_bytes": self.fetch_min_bytes,
-            },
+            params=params,
             headers={"Accept": BATCH_CONTENT_TYPE},
             timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms,
         )

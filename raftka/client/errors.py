@@ -117,6 +117,21 @@ class NotEnoughReplicasError(RaftkaError):
     default_retriable = True
 
 
+class FencedLeaderEpochError(RaftkaError):
+    """40905: the client named a leader epoch older than the partition's (KIP-320); refresh metadata."""
+
+    default_retriable = True
+    invalidates_metadata = True
+
+
+class CommitTimeoutError(RaftkaError):
+    """50304: acks=all timed out waiting for the in-sync replicas. The records were appended by the
+    leader and may or may not be committed: a retry may duplicate them (an idempotent producer's does
+    not)."""
+
+    default_retriable = True
+
+
 class NodeNotReadyError(RaftkaError):
     """50302 (and other 503xx): the node is starting or stopping."""
 
@@ -174,8 +189,10 @@ _BY_CODE: dict[int, type[RaftkaError]] = {
     41301: RecordTooLargeError,
     41601: OffsetOutOfRangeError,
     42202: CorruptRecordError,
+    40905: FencedLeaderEpochError,
     50301: NotEnoughReplicasError,
     50302: NodeNotReadyError,
+    50304: CommitTimeoutError,
 }
 
 _BY_STATUS: dict[int, type[RaftkaError]] = {
