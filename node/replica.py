@@ -93,7 +93,8 @@ class Partition:
         self.topic_id: str | None = None
         self.min_insync_replicas = 1
         self.leader: LeaderCore | None = None
-        self.follower_high_watermark = 0  # what the leader last told this replica, capped by its LEO
+        # What the leader last told this replica, capped by its LEO (a lower bound after a restart).
+        self.follower_high_watermark = partition_log.log_start_offset
         self._data_arrived = asyncio.Event()  # the HW moved: wakes consumer fetches
         self._appended = asyncio.Event()  # the LEO moved: wakes follower fetches
         self._waiters: list[tuple[int, asyncio.Future]] = []  # acks=all: (last offset, future)
