@@ -243,6 +243,8 @@ class Handlers:
         partitions = []
         for index, info in enumerate(topic.partitions):
             local = self.replicas.partitions.get((topic.name, index))
+            if local is not None and local.leader is not None and not local.leader.high_watermark_known:
+                local = None  # a new leader's provisional HW is not published (asked again, or null)
             partitions.append(
                 {
                     "partition": index,
@@ -483,6 +485,11 @@ class Handlers:
     async def offsets(self, request: web.Request) -> web.Response:
         partition = self.leader_or_forward(request, request.match_info["topic"], path_partition(request))
         leader = partition.check_leader(self.leader_epoch_param(request))
+        if not leader.high_watermark_known:  # provisional: below what the old leader published
+            raise ApiError(
+                40403,
+                f"{partition.topic}-{partition.index}: the new leader is still learning its high watermark; retry",
+            )
         if "timestamp_ms" in request.query:
             timestamp = query_int(request, "timestamp_ms", None, 0, 2**63 - 1)
             found = partition.log.offset_for_timestamp(timestamp)
