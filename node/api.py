@@ -657,10 +657,12 @@ class Handlers:
             ready = any(r.data or r.error_code or r.diverging for _, _, r in answers)
             if ready or remaining <= 0 or not waits:
                 break
-            await asyncio.wait(
-                [asyncio.ensure_future(p.wait_for_append(remaining)) for p in waits],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            parked = [asyncio.ensure_future(p.wait_for_append(remaining)) for p in waits]
+            try:
+                await asyncio.wait(parked, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in parked:
+                    task.cancel()
         return web.Response(body=encode_fetch_response(answers), content_type="application/octet-stream")
 
     async def alter_partition(self, request: web.Request) -> web.Response:

@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 `ReplicaManager` follows the metadata image: for every partition whose replica set holds this node it
-keeps a `Partition` with an open log, and it deletes the logs of deleted topics. A `Partition` is the
-leader-side state of one replica: it appends producer batches, advances the high watermark (HW) and
-wakes the fetches waiting for new data.
-
-This node leads every partition whose replica set is only itself, so the in-sync replica set is
-{this node} and the HW is the log end offset right after each append. Partitions with followers need
-replication (a later part) and answer 40403 until it exists.
+keeps a `Partition` with an open log, and it deletes the logs of deleted topics. A `Partition` is
+the leader or a follower, as the metadata says (`update`). As leader it appends producer batches,
+answers its followers' fetches, keeps the high watermark (HW) through a `LeaderCore`
+(node/replication.py), wakes consumer fetches when the HW moves and follower fetches when the log
+grows, and resolves acks=all waiters once the HW passes their records. As follower it applies the
+leader's answers (append, truncate on divergence, HW, log start offset); node/fetcher.py moves the
+bytes. docs/replication.md tells the whole story.
 
 Thread-safety: used from the event loop; the logs underneath are thread-safe, and the periodic
 retention, flush and cleaning work runs in threads.

@@ -177,7 +177,7 @@ class Node:
         log.info("listening on http://%s:%d (node %d, roles %s)", host, port, config.node_id, config.roles)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.log_manager = await loop.run_in_executor(
-            None, lambda: LogManager(os.path.join(data_dir, "logs"))
+            None, lambda: LogManager(os.path.join(data_dir, "logs"), background_flush=True)
         )
         recovered = sum(1 for lg in self.log_manager.logs().values() if lg.load_report.recovered_segments)
         log.info(

@@ -130,7 +130,10 @@ class PartitionLog:
         log_start_offset: int = 0,
         clean_shutdown: bool = False,
         producer_id_expiration_ms: int = PRODUCER_ID_EXPIRATION_MS,
+        background_flush: bool = False,
     ):
+        """`background_flush`: something calls `maybe_flush` periodically from another thread (the
+        LogManager's owner does), so appends never fsync for flush.policy=interval themselves."""
         self.directory = directory
         self.config = config
         self.clock = clock
@@ -145,6 +148,7 @@ class PartitionLog:
         self.closed = False
         self.truncations = 0  # bumped by every truncation: a cleaning that spans one is dropped
         self._last_flush_ms = clock.now_ms()
+        self.background_flush = background_flush
         self.load_report = self._load(clean_shutdown)
 
     # -- loading -----------------------------------------------------------------------------------
@@ -391,7 +395,11 @@ class PartitionLog:
         policy = self.config.flush_policy
         if policy is FlushPolicy.BATCH:
             self._flush_active_log()
-        elif policy is FlushPolicy.INTERVAL and now_ms - self._last_flush_ms >= self.config.flush_interval_ms:
+        elif (
+            policy is FlushPolicy.INTERVAL
+            and not self.background_flush
+            and now_ms - self._last_flush_ms >= self.config.flush_interval_ms
+        ):
             self.flush()
 
     def _flush_active_log(self) -> None:
@@ -580,7 +588,12 @@ class PartitionLog:
             segment.flush()
 
     def maybe_flush(self) -> bool:
-        """Flush if the interval policy says it is time (called periodically by the LogManager)."""
+        """Flush if the interval policy says it is time (called periodically, from a worker thread).
+
+        The fsyncs run without the log's lock, so appends (on the node's event loop) never wait for
+        the disk: the lock is held only to pick the segments and, afterwards, to move the recovery
+        point, which moves only if no truncation happened meanwhile (the bytes fsynced may then not
+        be the ones now at those offsets)."""
         with self.lock:
             if self.closed or self.recovery_point >= self.log_end_offset:
                 return False
@@ -588,8 +601,22 @@ class PartitionLog:
                 return False
             if self.clock.now_ms() - self._last_flush_ms < self.config.flush_interval_ms:
                 return False
-            self.flush()
-            return True
+            segments = list(self.segments.from_offset(self.recovery_point))
+            target = self.log_end_offset
+            truncations = self.truncations
+        for segment in segments:
+            try:
+                segment.flush()
+            except (OSError, ValueError):
+                # Closed or deleted meanwhile (retention, truncation, a cleaner swap, shutdown):
+                # nothing to flush there; anything else is a real disk error.
+                if not segment.closed:
+                    raise
+        with self.lock:
+            if not self.closed and self.truncations == truncations:
+                self.recovery_point = max(self.recovery_point, min(target, self.log_end_offset))
+            self._last_flush_ms = self.clock.now_ms()
+        return True
 
     def close(self) -> None:
         """Flush, snapshot the producer state and close every file (a clean shutdown of this log)."""

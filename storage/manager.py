@@ -83,12 +83,16 @@ class LogManager:
         config_for: Callable[[str], LogConfig] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         producer_id_expiration_ms: int = PRODUCER_ID_EXPIRATION_MS,
+        background_flush: bool = False,
     ):
+        """`background_flush`: the owner calls `flush_dirty` periodically from a worker thread (the
+        node does), so appends leave flush.policy=interval fsyncs to it (see PartitionLog)."""
         self.data_dir = os.path.abspath(data_dir)
         self.default_config = default_config or LogConfig()
         self._config_for = config_for
         self.clock = clock
         self.producer_id_expiration_ms = producer_id_expiration_ms
+        self.background_flush = background_flush
         self._lock = threading.RLock()
         self._logs: dict[TopicPartition, PartitionLog] = {}
         os.makedirs(self.data_dir, exist_ok=True)
@@ -129,6 +133,7 @@ class LogManager:
                 log_start_offset=log_starts.get(parsed, 0),
                 clean_shutdown=self.clean_shutdown,
                 producer_id_expiration_ms=self.producer_id_expiration_ms,
+                background_flush=self.background_flush,
             )
             report = partition_log.load_report
             if report.error:
@@ -178,6 +183,7 @@ class LogManager:
                 clock=self.clock,
                 clean_shutdown=True,
                 producer_id_expiration_ms=self.producer_id_expiration_ms,
+                background_flush=self.background_flush,
             )
             self._logs[(topic, partition)] = partition_log
             if topic_id is not None:

@@ -429,6 +429,10 @@ class LogSegment:
         self.log_path = new_log
         self.suffix = new_suffix
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

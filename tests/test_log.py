@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -79,6 +80,60 @@ def test_segment_rolls_by_age(tmp_path, clock):
     clock.advance(1001)
     log.append_as_leader(make_batch(["c"], ts=clock.now_ms()), 0)
     assert [s.base_offset for s in log.segments] == [0, 2]
+
+
+def test_background_flush_leaves_interval_fsyncs_to_maybe_flush_outside_the_lock(tmp_path, clock):
+    """The node's logs: appends never fsync for flush.policy=interval (the event loop must not wait
+    for the disk); the periodic maybe_flush does, without holding the log's lock meanwhile."""
+    config = LogConfig(flush_policy=FlushPolicy.INTERVAL, flush_interval_ms=1000)
+    log = PartitionLog(str(tmp_path / "t-0"), config, clock=clock, background_flush=True)
+    log.append_as_leader(make_batch(["a"]), 0)
+    clock.advance(1000)
+    log.append_as_leader(make_batch(["b"]), 0)
+    assert log.recovery_point == 0  # no fsync inside the append
+    segment = log.segments.active
+    real_flush = segment.flush
+    free_during_fsync = []
+
+    def flush_and_probe():
+        # What an append on the event loop would do meanwhile: take the log's lock (here without
+        # waiting, from another thread, as the loop is another thread than the flusher's).
+        def probe():
+            acquired = log.lock.acquire(blocking=False)
+            free_during_fsync.append(acquired)
+            if acquired:
+                log.lock.release()
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join()
+        real_flush()
+
+    segment.flush = flush_and_probe
+    assert log.maybe_flush() is True
+    assert free_during_fsync == [True]
+    assert log.recovery_point == 2
+
+
+def test_a_truncation_during_a_background_flush_keeps_the_recovery_point_back(tmp_path, clock):
+    config = LogConfig(flush_policy=FlushPolicy.INTERVAL, flush_interval_ms=1000)
+    log = PartitionLog(str(tmp_path / "t-0"), config, clock=clock, background_flush=True)
+    for value in "abcd":
+        log.append_as_leader(make_batch([value]), 0)
+    clock.advance(1000)
+    segment = log.segments.active
+    real_flush = segment.flush
+
+    def truncate_and_rewrite_meanwhile():
+        real_flush()
+        log.truncate_to(2)  # another thread truncates and appends new, unflushed records
+        log.append_as_leader(make_batch(["x"]), 0)
+        log.append_as_leader(make_batch(["y"]), 0)
+
+    segment.flush = truncate_and_rewrite_meanwhile
+    assert log.maybe_flush() is True
+    assert log.log_end_offset == 4
+    assert log.recovery_point <= 2  # offsets 2-3 now hold x and y, which were never fsynced
 
 
 def test_segment_age_is_measured_in_record_timestamps_not_the_wall_clock(tmp_path, clock):
