@@ -213,6 +213,7 @@ def plan_alter_partition(
     leader_epoch: int,
     partition_epoch: int,
     isr: tuple[int, ...],
+    joining: tuple[tuple[int, int], ...] = (),
 ) -> ChangePartitions:
     """A leader's request to change its partition's ISR (Kafka's AlterPartition), checked against the
     committed image: only the current leader of the current epochs may ask, the new ISR holds the
@@ -242,11 +243,18 @@ def plan_alter_partition(
         raise MetadataError(
             42201, f"ISR {list(new)} must hold the leader and only replicas of {topic.name}-{partition}"
         )
-    for replica in set(new) - set(current.isr):
-        joining = image.brokers.get(replica)
-        if joining is None or not joining.active:
+    caught_up_as = dict(joining)
+    for replica in sorted(set(new) - set(current.isr)):
+        broker = image.brokers.get(replica)
+        if broker is None or not broker.active:
             raise MetadataError(
                 42201, f"replica {replica} cannot join the ISR of {topic.name}-{partition}: it is not active"
+            )
+        if caught_up_as.get(replica) != broker.epoch:
+            raise MetadataError(
+                40904,
+                f"replica {replica} caught up as broker epoch {caught_up_as.get(replica)}, but broker epoch "
+                f"{broker.epoch} is registered now: it must catch up again (KIP-903)",
             )
     ordered = tuple(r for r in current.replicas if r in new)
     change = PartitionChange(

@@ -617,6 +617,9 @@ class Handlers:
         entries = document.get("partitions")
         if not isinstance(replica_id, int) or not isinstance(entries, list):
             raise ApiError(42201, "replica_id (integer) and partitions (list) are required")
+        replica_epoch = document.get("replica_epoch", -1)
+        if not isinstance(replica_epoch, int):
+            raise ApiError(42201, "replica_epoch must be an integer")
         max_wait_ms = min(int(document.get("max_wait_ms", 0)), config.fetch_wait_max_ms)
         max_bytes = max(1, min(int(document.get("max_bytes", 1 << 20)), config.fetch_bytes_max))
         wanted = []
@@ -648,7 +651,7 @@ class Handlers:
                         topic,
                         index,
                         partition.read_for_follower(
-                            replica_id, fetch_offset, last_epoch, leader_epoch, max_bytes
+                            replica_id, fetch_offset, last_epoch, leader_epoch, max_bytes, replica_epoch
                         ),
                     )
                 )
@@ -677,6 +680,7 @@ class Handlers:
             leader_epoch = int(document["leader_epoch"])
             partition_epoch = int(document["partition_epoch"])
             isr = tuple(int(r) for r in document["isr"])
+            joining = tuple((int(r), int(e)) for r, e in document.get("joining", ()))
         except (KeyError, TypeError, ValueError):
             raise ApiError(
                 42201,
@@ -685,7 +689,7 @@ class Handlers:
             ) from None
         image = await self.node.controller.propose_planned(
             lambda image: plan_alter_partition(
-                image, broker_id, broker_epoch, topic_id, index, leader_epoch, partition_epoch, isr
+                image, broker_id, broker_epoch, topic_id, index, leader_epoch, partition_epoch, isr, joining
             )
         )
         topic = next((t for t in image.topics.values() if t.topic_id == topic_id), None)

@@ -154,6 +154,9 @@ class ReplicaFetcher:
             )
         document = {
             "replica_id": config.node_id,
+            "replica_epoch": self.node.lifecycle.broker_epoch
+            if self.node.lifecycle.broker_epoch is not None
+            else -1,
             "max_wait_ms": config.replica_fetch_wait_max_ms,
             "max_bytes": config.replica_fetch_max_bytes,
             "partitions": request,

@@ -264,7 +264,13 @@ class Partition:
         self._waiters.clear()
 
     def read_for_follower(
-        self, replica_id: int, fetch_offset: int, last_fetched_epoch: int, leader_epoch: int, max_bytes: int
+        self,
+        replica_id: int,
+        fetch_offset: int,
+        last_fetched_epoch: int,
+        leader_epoch: int,
+        max_bytes: int,
+        replica_epoch: int = -1,
     ) -> ReplicaFetchResult:
         """One partition of a follower's fetch, as its leader (sync: also what the simulation calls)."""
         lso, leo = self.log.log_start_offset, self.log.log_end_offset
@@ -283,7 +289,7 @@ class Partition:
             return ReplicaFetchResult(b"", leader.high_watermark, lso, leo, diverging)
         if fetch_offset < lso or fetch_offset > leo:
             return ReplicaFetchResult(b"", leader.high_watermark, lso, leo, error_code=41601)
-        if leader.on_fetch(replica_id, fetch_offset, now_ms()):
+        if leader.on_fetch(replica_id, fetch_offset, now_ms(), replica_epoch):
             self._high_watermark_moved()
         data = self.log.read(fetch_offset, max_bytes) if fetch_offset < leo else b""
         return ReplicaFetchResult(data, leader.high_watermark, lso, leo)

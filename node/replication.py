@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 UNDEFINED_EPOCH = -1
 UNDEFINED_OFFSET = -1
+PENDING_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FollowerState:
     log_end_offset: int = -1  # -1: has not fetched since this leadership began
     last_caught_up_ms: int = 0
     last_fetch_ms: int = 0
+    broker_epoch: int = -1  # the incarnation of the follower that fetched last (KIP-903)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class IsrProposal:
     isr: tuple[int, ...]
     leader_epoch: int
     partition_epoch: int
+    # (replica, broker epoch) of each replica added: the incarnation whose fetches qualified it. The
+    # controller refuses the addition when that broker has registered again since (it may have lost
+    # what it had: KIP-903).
+    joining: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -67,6 +73,7 @@ class LeaderCore:
     now_ms: int
     followers: dict[int, FollowerState] = field(default_factory=dict)
     pending: IsrProposal | None = None
+    pending_since_ms: int = 0
 
     def __post_init__(self) -> None:
         for replica in self.replicas:
@@ -84,13 +91,15 @@ class LeaderCore:
         self.log_end_offset = log_end_offset
         return self._advance()
 
-    def on_fetch(self, replica_id: int, fetch_offset: int, now_ms: int) -> bool:
-        """A follower fetched from `fetch_offset` (it holds everything below). True when the HW moved."""
+    def on_fetch(self, replica_id: int, fetch_offset: int, now_ms: int, broker_epoch: int = -1) -> bool:
+        """A follower (incarnation `broker_epoch`) fetched from `fetch_offset`: it holds everything
+        below. True when the HW moved."""
         state = self.followers.get(replica_id)
         if state is None:
             return False
         state.log_end_offset = min(fetch_offset, self.log_end_offset)
         state.last_fetch_ms = now_ms
+        state.broker_epoch = broker_epoch
         if fetch_offset >= self.log_end_offset:
             state.last_caught_up_ms = now_ms
         return self._advance()
@@ -100,8 +109,9 @@ class LeaderCore:
         self.isr = tuple(isr)
         self.partition_epoch = partition_epoch
         self.min_insync_replicas = min_insync_replicas
-        if self.pending is not None and partition_epoch >= self.pending.partition_epoch:
-            self.pending = None  # decided, one way or the other
+        if self.pending is not None and partition_epoch > self.pending.partition_epoch:
+            self.pending = None  # decided, one way or the other (an image that did not change this
+            # partition leaves its epoch as it was: the proposal may still be committed)
         return self._advance()
 
     def on_proposal_failed(self) -> None:
@@ -139,9 +149,13 @@ class LeaderCore:
         return len(self.isr) >= self.min_insync_replicas
 
     def isr_proposal(self, now_ms: int, lag_time_max_ms: int) -> IsrProposal | None:
-        """The next ISR change to ask the controller for, if any (one at a time)."""
+        """The next ISR change to ask the controller for, if any (one at a time). A proposal whose
+        outcome never arrived (lost answer, controller change) is given up after PENDING_TIMEOUT_MS,
+        far longer than metadata takes to arrive, and decided again."""
         if self.pending is not None:
-            return None
+            if now_ms - self.pending_since_ms < PENDING_TIMEOUT_MS:
+                return None
+            self.pending = None
         isr = set(self.isr)
         lagging = {
             r
@@ -150,7 +164,7 @@ class LeaderCore:
         }
         if lagging:
             new = tuple(r for r in self.replicas if r in isr and r not in lagging)
-            return self._propose(new)
+            return self._propose(new, now_ms)
         joining = {
             r
             for r, state in self.followers.items()
@@ -161,11 +175,15 @@ class LeaderCore:
         }
         if joining:
             new = tuple(r for r in self.replicas if r in isr or r in joining)
-            return self._propose(new)
+            epochs = tuple((r, self.followers[r].broker_epoch) for r in sorted(joining))
+            return self._propose(new, now_ms, epochs)
         return None
 
-    def _propose(self, isr: tuple[int, ...]) -> IsrProposal:
-        self.pending = IsrProposal(isr, self.leader_epoch, self.partition_epoch)
+    def _propose(
+        self, isr: tuple[int, ...], now_ms: int, joining: tuple[tuple[int, int], ...] = ()
+    ) -> IsrProposal:
+        self.pending = IsrProposal(isr, self.leader_epoch, self.partition_epoch, joining)
+        self.pending_since_ms = now_ms
         self._advance()
         return self.pending
 

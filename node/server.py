@@ -279,6 +279,7 @@ class Node:
             "leader_epoch": proposal.leader_epoch,
             "partition_epoch": proposal.partition_epoch,
             "isr": list(proposal.isr),
+            "joining": [list(pair) for pair in proposal.joining],
         }
         try:
             if address is None:
@@ -286,6 +287,17 @@ class Node:
             status, body, headers = await call(
                 self, address, "POST", "/v1/internal/alter-partition", document
             )
+            if 400 <= status < 500:  # the controller decided: nothing was committed
+                log.info(
+                    "%s-%d: ISR change to %s refused: %s",
+                    partition.topic,
+                    partition.index,
+                    list(proposal.isr),
+                    body.get("message"),
+                )
+                if partition.leader is not None and partition.leader.pending == proposal:
+                    partition.leader.on_proposal_failed()
+                return
             if status != 200:
                 raise ApiError(int(body.get("error_code", status * 100 + 1)), str(body.get("message")))
             log.info(
@@ -297,15 +309,16 @@ class Node:
             )
             await self.store.wait_for_version(int(headers.get(METADATA_VERSION_HEADER, "0")), METADATA_WAIT_S)
         except ApiError as exc:
+            # Unreachable controller, 5xx, no answer: the change may or may not be committed. Keep
+            # it pending: the metadata decides it, or the leader gives it up after a while (see
+            # LeaderCore.isr_proposal) and decides again.
             log.info(
-                "%s-%d: ISR change to %s refused: %s",
+                "%s-%d: ISR change to %s: outcome unknown (%s)",
                 partition.topic,
                 partition.index,
                 list(proposal.isr),
                 exc.message,
             )
-            if partition.leader is not None and partition.leader.pending == proposal:
-                partition.leader.on_proposal_failed()
 
     async def _every(self, interval_ms: int, work) -> None:
         loop = asyncio.get_running_loop()

@@ -87,12 +87,13 @@ def test_a_follower_that_caught_up_is_proposed_into_the_isr_and_counts_at_once()
     core.on_append(30)
     core.on_fetch(2, 30, 1_100)
     assert core.high_watermark == 30
-    core.on_fetch(3, 20, 1_200)  # below the HW: not yet
+    core.on_fetch(3, 20, 1_200, broker_epoch=40)  # below the HW: not yet
     assert core.isr_proposal(1_200, 10_000) is None
     core.on_append(31)
-    core.on_fetch(3, 30, 1_300)  # reached the HW (30) and the epoch start
+    core.on_fetch(3, 30, 1_300, broker_epoch=40)  # reached the HW (30) and the epoch start
     proposal = core.isr_proposal(1_300, 10_000)
-    assert proposal == IsrProposal((1, 2, 3), 5, 7)
+    # The incarnation whose fetches qualified it goes with the request (KIP-903).
+    assert proposal == IsrProposal((1, 2, 3), 5, 7, joining=((3, 40),))
     core.on_fetch(2, 31, 1_400)
     assert core.high_watermark == 30  # 3, being added, holds the HW back already
     core.on_proposal_failed()
@@ -142,3 +143,71 @@ def test_the_follower_truncates_to_the_common_end_of_the_epoch_never_past_its_ow
 def test_a_follower_high_watermark_never_exceeds_what_it_holds():
     assert follower_high_watermark(50, 40) == 40
     assert follower_high_watermark(30, 40) == 30
+
+
+def test_an_addition_being_decided_survives_metadata_that_did_not_change_the_partition():
+    core = leader(isr=(1, 2), high_watermark=10)
+    core.on_fetch(2, 10, 1_000)
+    core.on_fetch(3, 10, 1_000, broker_epoch=9)
+    assert core.isr_proposal(1_000, 10_000) is not None
+    core.on_metadata((1, 2), 7, 2)  # an image in which this partition did not change (same epoch)
+    assert core.pending is not None
+    core.on_append(20)
+    core.on_fetch(2, 20, 1_100)
+    assert core.high_watermark == 10  # 3, perhaps committed into the ISR already, holds it back
+    core.on_metadata((1, 2, 3), 8, 2)  # decided
+    assert core.pending is None
+
+
+def test_a_proposal_whose_answer_never_came_is_decided_again_after_a_while():
+    core = leader(isr=(1, 2), high_watermark=10)
+    core.on_fetch(2, 10, 1_000)
+    core.on_fetch(3, 10, 1_000, broker_epoch=9)
+    first = core.isr_proposal(1_000, 100_000)
+    assert core.isr_proposal(5_000, 100_000) is None  # still waiting
+    core.on_fetch(3, 10, 10_900, broker_epoch=9)
+    again = core.isr_proposal(11_001, 100_000)
+    assert again == first
+
+
+def test_the_controller_checks_an_isr_change_against_the_committed_partition():
+    import pytest
+
+    from metadata.commands import (
+        ActivateController,
+        CreateTopic,
+        MetadataError,
+        RegisterBroker,
+        UnfenceBroker,
+        apply,
+    )
+    from metadata.controller import plan_alter_partition
+    from metadata.image import MetadataImage
+
+    image = apply(MetadataImage(), ActivateController(1, 1))
+    for node in (1, 2, 3):
+        image = apply(image, RegisterBroker(node, f"h:{node}", controller_epoch=1))
+        image = apply(image, UnfenceBroker(node, image.brokers[node].epoch, 1))
+    image = apply(image, CreateTopic("t", "tid", {}, ((1, 2, 3),), 1))
+    epochs = {n: image.brokers[n].epoch for n in (1, 2, 3)}
+    shrink = plan_alter_partition(image, 1, epochs[1], "tid", 0, 0, 0, (1, 2))
+    image = apply(image, shrink)
+    assert image.topics["t"].partitions[0].isr == (1, 2)
+    assert image.topics["t"].partitions[0].partition_epoch == 1
+
+    def refused(code, *args):
+        with pytest.raises(MetadataError) as caught:
+            plan_alter_partition(image, *args)
+        assert caught.value.error_code == code, caught.value.message
+
+    refused(40905, 1, epochs[1], "tid", 0, 0, 0, (1, 2, 3), ((3, epochs[3]),))  # stale partition epoch
+    refused(40403, 2, epochs[2], "tid", 0, 0, 1, (1, 2, 3), ((3, epochs[3]),))  # not the leader
+    refused(40904, 1, epochs[1] - 1, "tid", 0, 0, 1, (1, 2))  # an old incarnation of the leader
+    refused(42201, 1, epochs[1], "tid", 0, 0, 1, (2, 3), ((3, epochs[3]),))  # the ISR without its leader
+    refused(
+        40904, 1, epochs[1], "tid", 0, 0, 1, (1, 2, 3), ((3, epochs[3] - 1),)
+    )  # caught up as before a restart
+    refused(40904, 1, epochs[1], "tid", 0, 0, 1, (1, 2, 3))  # no incarnation given for the newcomer
+    grow = plan_alter_partition(image, 1, epochs[1], "tid", 0, 0, 1, (1, 2, 3), ((3, epochs[3]),))
+    image = apply(image, grow)
+    assert image.topics["t"].partitions[0].isr == (1, 2, 3)
