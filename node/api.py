@@ -617,11 +617,15 @@ class Handlers:
         entries = document.get("partitions")
         if not isinstance(replica_id, int) or not isinstance(entries, list):
             raise ApiError(42201, "replica_id (integer) and partitions (list) are required")
-        replica_epoch = document.get("replica_epoch", -1)
-        if not isinstance(replica_epoch, int):
-            raise ApiError(42201, "replica_epoch must be an integer")
-        max_wait_ms = min(int(document.get("max_wait_ms", 0)), config.fetch_wait_max_ms)
-        max_bytes = max(1, min(int(document.get("max_bytes", 1 << 20)), config.fetch_bytes_max))
+        numbers = {}
+        for name, default in (("replica_epoch", -1), ("max_wait_ms", 0), ("max_bytes", 1 << 20)):
+            value = document.get(name, default)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ApiError(42201, f"{name} must be an integer")
+            numbers[name] = value
+        replica_epoch = numbers["replica_epoch"]
+        max_wait_ms = max(0, min(numbers["max_wait_ms"], config.fetch_wait_max_ms))
+        max_bytes = max(1, min(numbers["max_bytes"], config.fetch_bytes_max))
         wanted = []
         for entry in entries:
             try:
