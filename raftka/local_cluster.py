@@ -202,6 +202,14 @@ class LocalCluster:
                 raise RuntimeError(f"node(s) {names} not ready after {timeout_s:.0f} s")
             time.sleep(0.05)
 
+    def print_log_tails(self, lines: int = 40, file=None) -> None:
+        """The last `lines` lines of every node's log (on stderr by default): what a failed run needs."""
+        for node in self.nodes:
+            tail = node.output().splitlines()[-lines:]
+            print(f"\n--- last {len(tail)} lines of {node.log_path}", file=file or sys.stderr)
+            for line in tail:
+                print(line, file=file or sys.stderr)
+
     def stop(self, timeout_s: float = 30.0) -> dict[int, int | None]:
         """Stop every node at once (controlled shutdowns run in parallel)."""
         for node in self.nodes:

@@ -65,7 +65,6 @@ CONTROLLER_FAILOVER_GOAL_S = 2.0
 LEADER_FAILOVER_MARGIN_S = 1.0  # the leader failover goal is the session timeout plus this
 LEADER_PARTITIONS = 8
 LEADER_REPLICATION = 3
-TAIL_LINES = 40  # of each node's log, printed when the benchmark fails
 
 
 class Unreachable(Exception):
@@ -557,14 +556,6 @@ async def run(cluster: LocalCluster, args: argparse.Namespace) -> None:
     )
 
 
-def print_log_tails(cluster: LocalCluster) -> None:
-    for node in cluster.nodes:
-        lines = node.output().splitlines()[-TAIL_LINES:]
-        print(f"\n--- last {len(lines)} lines of {node.log_path}", file=sys.stderr)
-        for line in lines:
-            print(line, file=sys.stderr)
-
-
 def main() -> None:
     defaults = NodeConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -622,7 +613,7 @@ def main() -> None:
         cluster.start(wait_s=60)
         asyncio.run(run(cluster, args))
     except BaseException:
-        print_log_tails(cluster)
+        cluster.print_log_tails()
         raise
     finally:
         for node in cluster.nodes:

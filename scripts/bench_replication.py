@@ -79,7 +79,6 @@ SETTLE_TIMEOUT_S = 30.0
 CLIENT_START_TIMEOUT_S = 60.0  # spawning a client and importing aiohttp, on a loaded machine
 REQUEST_TIMEOUT_S = 60.0  # above the node's 30 s acks=all timeout, so its own error comes back
 ERRORS_KEPT = 5  # distinct error messages each client reports
-TAIL_LINES = 40  # of each node's log, printed when the benchmark fails
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -436,14 +435,6 @@ def summarize(results: list[dict], client_counts: list[int], acks: str) -> bool:
     return met_all
 
 
-def print_log_tails(cluster: LocalCluster) -> None:
-    for node in cluster.nodes:
-        lines = node.output().splitlines()[-TAIL_LINES:]
-        print(f"\n--- last {len(lines)} lines of {node.log_path}", file=sys.stderr)
-        for line in lines:
-            print(line, file=sys.stderr)
-
-
 def node_log_notes(cluster: LocalCluster) -> list[str]:
     """Lines of the node logs worth reading after a run: errors, ISR changes, failed fetches."""
     words = ("ERROR", "Traceback", "ISR now", "ISR change", "fetch from leader", "truncating")
@@ -532,7 +523,7 @@ def main() -> None:
             print(f"  {line}")
         met = met and not problems
     except BaseException:
-        print_log_tails(cluster)
+        cluster.print_log_tails()
         raise
     finally:
         for node in cluster.nodes:
