@@ -337,6 +337,7 @@ class Handlers:
         first append; the forwarded batches go first, so a refusal from another leader leaves this
         node's partitions unwritten (a failure between two leaders can leave the first written)."""
         now = int(time.time() * 1000)
+        timeout_s = self.produce_timeout_s(request)  # checked before anything is appended
         local: list[tuple[Partition, list[int], bytes]] = []
         remote: list[tuple[int, ForwardTo, list[int], bytes]] = []
         limit = self.node.replicas.max_message_bytes(topic)
@@ -359,9 +360,7 @@ class Handlers:
             local.append((partition, positions, batch))
         results: list[tuple[int, int]] = [(0, 0)] * sum(len(items) for items in by_partition.values())
         for index, target, positions, batch in remote:
-            first = await self._forward_batch(
-                target, topic, index, batch, acks, self.produce_timeout_s(request)
-            )
+            first = await self._forward_batch(target, topic, index, batch, acks, timeout_s)
             for i, position in enumerate(positions):
                 results[position] = (index, -1 if acks == "0" else first + i)
         commits = []
@@ -371,7 +370,7 @@ class Handlers:
             for i, position in enumerate(positions):
                 results[position] = (partition.index, -1 if acks == "0" else info.first_offset + i)
             if acks == "all":
-                commits.append(partition.wait_committed(info.last_offset, self.produce_timeout_s(request)))
+                commits.append(partition.wait_committed(info.last_offset, timeout_s))
         await asyncio.gather(*commits)
         return results
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,6 +210,14 @@ class LocalCluster:
             print(f"\n--- last {len(tail)} lines of {node.log_path}", file=file or sys.stderr)
             for line in tail:
                 print(line, file=file or sys.stderr)
+
+    def kill(self) -> None:
+        """kill -9 every node (a benchmark's or a test's last word: nothing is left running)."""
+        for node in self.nodes:
+            node.kill()
+
+    def remove_data(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def stop(self, timeout_s: float = 30.0) -> dict[int, int | None]:
         """Stop every node at once (controlled shutdowns run in parallel)."""

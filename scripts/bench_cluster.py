@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -616,12 +615,11 @@ def main() -> None:
         cluster.print_log_tails()
         raise
     finally:
-        for node in cluster.nodes:
-            node.kill()
+        cluster.kill()
         if args.keep:
             print(f"kept {data_dir}")
         else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            cluster.remove_data()
             with contextlib.suppress(OSError):
                 os.rmdir(base)  # only when no other run's directory is left in it
     print(f"total time {time.perf_counter() - started:.0f} s")

@@ -526,12 +526,11 @@ def main() -> None:
         cluster.print_log_tails()
         raise
     finally:
-        for node in cluster.nodes:
-            node.kill()
+        cluster.kill()
         if args.keep:
             print(f"kept {data_dir}")
         else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            cluster.remove_data()
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} at the end; total time {time.perf_counter() - started:.0f} s")
     if args.acks != "all":
