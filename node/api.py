@@ -31,7 +31,7 @@ from metadata.controller import plan_alter_partition
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
 from node.errors import ApiError
-from node.fetcher import encode_fetch_response
+from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, encode_fetch_response
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import parse_produce_body, record_to_json
@@ -137,6 +137,7 @@ class Handlers:
     def __init__(self, node):
         self.node = node
         self._sticky = itertools.count()
+        self._streams: set[web.WebSocketResponse] = set()
 
     @property
     def replicas(self):
@@ -608,9 +609,10 @@ class Handlers:
         answer = await self.node.controller.controlled_shutdown(node_id, epoch)
         return json_response(answer, headers=self.version_header())
 
-    async def replica_fetch(self, request: web.Request) -> web.Response:
-        """A follower's fetch of every partition it follows from this leader (node/fetcher.py)."""
-        document = await read_json_object(request)
+    def parse_replica_fetch(self, document: Any) -> ReplicaFetchRequest:
+        """A follower's fetch document, checked whole (42201 naming the field)."""
+        if not isinstance(document, dict):
+            raise ApiError(42201, "a replica fetch must be a JSON object")
         config = self.node.config
         replica_id = document.get("replica_id")
         entries = document.get("partitions")
@@ -622,9 +624,6 @@ class Handlers:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ApiError(42201, f"{name} must be an integer")
             numbers[name] = value
-        replica_epoch = numbers["replica_epoch"]
-        max_wait_ms = max(0, min(numbers["max_wait_ms"], config.fetch_wait_max_ms))
-        max_bytes = max(1, min(numbers["max_bytes"], config.fetch_bytes_max))
         wanted = []
         for entry in entries:
             try:
@@ -639,12 +638,23 @@ class Handlers:
                 )
             except (KeyError, TypeError, ValueError):
                 raise ApiError(42201, f"bad partition entry in a replica fetch: {entry!r}") from None
+        return ReplicaFetchRequest(
+            replica_id,
+            numbers["replica_epoch"],
+            max(0, min(numbers["max_wait_ms"], config.fetch_wait_max_ms)),
+            max(1, min(numbers["max_bytes"], config.fetch_bytes_max)),
+            wanted,
+        )
+
+    async def answer_replica_fetch(self, fetch: ReplicaFetchRequest) -> bytes:
+        """The binary answer (node/fetcher.py), parked until a partition has data or max_wait_ms passes."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait_ms / 1000
+        started = loop.time()
+        deadline = started + fetch.max_wait_ms / 1000
         while True:
             answers = []
             waits = []
-            for topic, index, fetch_offset, last_epoch, leader_epoch in wanted:
+            for topic, index, fetch_offset, last_epoch, leader_epoch in fetch.partitions:
                 partition = self.replicas.partitions.get((topic, index))
                 if partition is None:
                     answers.append((topic, index, ReplicaFetchResult(b"", 0, 0, 0, error_code=40403)))
@@ -654,7 +664,12 @@ class Handlers:
                         topic,
                         index,
                         partition.read_for_follower(
-                            replica_id, fetch_offset, last_epoch, leader_epoch, max_bytes, replica_epoch
+                            fetch.replica_id,
+                            fetch_offset,
+                            last_epoch,
+                            leader_epoch,
+                            fetch.max_bytes,
+                            fetch.replica_epoch,
                         ),
                     )
                 )
@@ -669,7 +684,57 @@ class Handlers:
             finally:
                 for task in parked:
                     task.cancel()
-        return web.Response(body=encode_fetch_response(answers), content_type="application/octet-stream")
+        self.node.metrics.replica_fetches.observe(loop.time() - started)
+        return encode_fetch_response(answers)
+
+    async def replica_fetch(self, request: web.Request) -> web.Response:
+        """One follower fetch over plain HTTP (tools and tests; the followers use `replica_stream`)."""
+        fetch = self.parse_replica_fetch(await read_json_object(request))
+        body = await self.answer_replica_fetch(fetch)
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def replica_stream(self, request: web.Request) -> web.StreamResponse:
+        """A follower's replication connection: a WebSocket carrying one fetch after another.
+
+        Each binary message from the follower is a fetch document (as `replica_fetch` takes); each
+        answer is one binary message in the format of `encode_fetch_response`, sent when it is ready,
+        so the connection alternates strictly: fetch, answer, fetch, answer. A bad fetch closes the
+        connection with code 4422 and the error as the reason.
+        """
+        ws = web.WebSocketResponse(max_msg_size=self.node.config.max_request_bytes, compress=False)
+        await ws.prepare(request)
+        self._streams.add(ws)
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    await ws.close(
+                        code=STREAM_BAD_FETCH, message=b"42201: replica fetches are binary messages"
+                    )
+                    break
+                try:
+                    document = orjson.loads(message.data)
+                    fetch = self.parse_replica_fetch(document)
+                except orjson.JSONDecodeError as exc:
+                    reason = f"40001: a replica fetch is not valid JSON: {exc}"
+                    await ws.close(code=STREAM_BAD_FETCH, message=reason.encode()[:120])
+                    break
+                except ApiError as error:
+                    reason = f"{error.error_code}: {error.message}"
+                    await ws.close(code=STREAM_BAD_FETCH, message=reason.encode()[:120])
+                    break
+                answer = await self.answer_replica_fetch(fetch)
+                try:
+                    await ws.send_bytes(answer)
+                except ConnectionResetError:
+                    break  # the follower went away while its fetch was parked
+        finally:
+            self._streams.discard(ws)
+        return ws
+
+    async def close_streams(self, app: web.Application) -> None:
+        """On shutdown: end every follower's replication connection (they reconnect elsewhere)."""
+        for ws in list(self._streams):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node stopping")
 
     async def alter_partition(self, request: web.Request) -> web.Response:
         """A leader asks the controller for a new ISR (Kafka's AlterPartition)."""
@@ -791,6 +856,8 @@ def build_app(node) -> web.Application:
     app.router.add_post("/v1/internal/brokers/{node_id}/heartbeat", h.broker_heartbeat)
     app.router.add_post("/v1/internal/brokers/{node_id}/shutdown", h.broker_shutdown)
     app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
+    app.router.add_get(STREAM_PATH, h.replica_stream)
+    app.on_shutdown.append(h.close_streams)
     app.router.add_post("/v1/internal/alter-partition", h.alter_partition)
     app.router.add_post("/v1/topics", h.create_topic)
     app.router.add_get("/v1/topics", h.list_topics)

@@ -2,20 +2,28 @@
 
 Theory of operation
 -------------------
-For each leader that leads partitions this node follows there is one task and one HTTP request at
-a time (one connection per follower per leader), carrying every partition followed from that
-leader: `POST /v1/internal/replica/fetch` with each partition's fetch offset (its log end offset),
-the epoch of its last batch and the leader epoch this node knows. The leader parks the request until
-it has data or `replica_fetch_wait_max_ms` passes. The answer is binary (`encode_fetch_response`): a
-length-prefixed JSON head with each partition's high watermark, log start offset, error or diverging
-epoch and data size, then the partitions' raw batches back to back. Each partition's part goes to
-`Partition.apply_from_leader`, which appends the batches without decoding them (checksums checked),
-truncates on divergence, and takes the high watermark and log start offset. All decisions are in
-node/replication.py; this module only moves bytes.
+For each leader that leads partitions this node follows there is one task and one connection (one
+connection per follower per leader), carrying every partition followed from that leader: a WebSocket
+to the leader's `GET /v1/internal/replica/stream`. On it the follower sends one fetch at a time (a
+binary message: JSON with each partition's fetch offset (its log end offset), the epoch of its last
+batch and the leader epoch this node knows) and waits for its answer; the leader parks the fetch
+until it has data or `replica_fetch_wait_max_ms` passes. The answer is one binary message
+(`encode_fetch_response`): a length-prefixed JSON head with each partition's high watermark, log
+start offset, error or diverging epoch and data size, then the partitions' raw batches back to back.
+Each partition's part goes to `Partition.apply_from_leader`, which appends the batches without
+decoding them (checksums checked), truncates on divergence, and takes the high watermark and log
+start offset. All decisions are in node/replication.py; this module only moves bytes.
+
+Why a WebSocket and not a POST per fetch: a follower fetches about once per produced batch, and a
+full HTTP exchange cost about three times the framing of one message each way on the same machine
+(docs/performance.md, "Replication transport"). The same fetch also works as a plain
+`POST /v1/internal/replica/fetch` for tools and tests.
 
 `reconcile()` runs after every metadata change: tasks start for new leaders and end for leaders this
-node no longer follows. A failed request backs off for `BACKOFF_S` and tries again (the leader may be
-gone: the controller will elect another and the metadata will say so).
+node no longer follows. A failed connection, a fetch unanswered for 10 s past its long-poll, or a
+leader that moved to another address closes the connection; the task backs off for `BACKOFF_S` and
+connects again (the leader may be gone: the controller will elect another and the metadata will
+say so).
 
 Thread-safety: event loop only.
 """
@@ -26,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -37,8 +46,21 @@ from node.replication import Diverging
 log = logging.getLogger(__name__)
 
 BACKOFF_S = 0.2
+ANSWER_GRACE_S = 10.0  # how long past its long-poll a fetch may go unanswered before reconnecting
+CLOSE_TIMEOUT_S = 1.0  # how long closing a connection waits for the leader's close frame
 _HEAD_LENGTH = struct.Struct(">I")
-FETCH_PATH = "/v1/internal/replica/fetch"
+STREAM_PATH = "/v1/internal/replica/stream"
+STREAM_BAD_FETCH = 4422  # WebSocket close code: the leader refused a fetch (reason: code and message)
+
+
+class ReplicaFetchRequest(NamedTuple):
+    """One follower fetch, as the leader checked it."""
+
+    replica_id: int
+    replica_epoch: int
+    max_wait_ms: int
+    max_bytes: int
+    partitions: list[tuple[str, int, int, int, int]]  # topic, partition, offset, last epoch, leader epoch
 
 
 def encode_fetch_response(entries: list[tuple[str, int, ReplicaFetchResult]]) -> bytes:
@@ -117,27 +139,50 @@ class ReplicaFetcher:
 
     async def _run(self, leader_id: int) -> None:
         failures = 0
-        while True:
-            partitions = self.node.replicas.followed().get(leader_id, [])
-            if not partitions:
-                return
-            try:
-                await self._fetch_once(leader_id, partitions)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the leader is down, slow or changing: back off and go on
-                failures += 1
-                if failures == 1 or failures % 50 == 0:
-                    log.info("fetch from leader %d failed (%s); retrying", leader_id, exc)
-                await asyncio.sleep(BACKOFF_S)
+        ws: aiohttp.ClientWebSocketResponse | None = None
+        address = None
+        try:
+            while True:
+                partitions = self.node.replicas.followed().get(leader_id, [])
+                if not partitions:
+                    return
+                broker = self.node.store.image.brokers.get(leader_id)
+                if broker is None:
+                    await asyncio.sleep(BACKOFF_S)
+                    continue
+                try:
+                    if ws is None or ws.closed or address != broker.address:
+                        await _close(ws)
+                        ws, address = None, broker.address
+                        ws = await self._connect(address)
+                    await self._fetch_once(ws, partitions)
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the leader is down, slow or changing: back off and go on
+                    failures += 1
+                    if failures == 1 or failures % 50 == 0:
+                        log.info("fetch from leader %d failed (%s); retrying", leader_id, exc)
+                    await _close(ws)
+                    ws = None
+                    await asyncio.sleep(BACKOFF_S)
+        finally:
+            if ws is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(_close(ws))
 
-    async def _fetch_once(self, leader_id: int, partitions) -> None:
+    async def _connect(self, address: str) -> aiohttp.ClientWebSocketResponse:
+        return await self.node.http.ws_connect(
+            f"http://{address}{STREAM_PATH}",
+            headers={FORWARDED_HEADER: str(self.node.config.node_id)},
+            max_msg_size=0,  # a leader's answer holds up to replica_fetch_max_bytes per partition
+            compress=0,
+            autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
+        )
+
+    async def _fetch_once(self, ws: aiohttp.ClientWebSocketResponse, partitions) -> None:
         config = self.node.config
-        broker = self.node.store.image.brokers.get(leader_id)
-        if broker is None:
-            await asyncio.sleep(BACKOFF_S)
-            return
         wanted = {}
         request = []
         for partition in partitions:
@@ -161,18 +206,13 @@ class ReplicaFetcher:
             "max_bytes": config.replica_fetch_max_bytes,
             "partitions": request,
         }
-        timeout = aiohttp.ClientTimeout(total=10 + config.replica_fetch_wait_max_ms / 1000)
-        async with self.node.http.post(
-            f"http://{broker.address}{FETCH_PATH}",
-            data=orjson.dumps(document),
-            headers={"Content-Type": "application/json", FORWARDED_HEADER: str(config.node_id)},
-            timeout=timeout,
-        ) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{response.status} {body[:200]!r}")
+        await ws.send_bytes(orjson.dumps(document))
+        message = await ws.receive(timeout=ANSWER_GRACE_S + config.replica_fetch_wait_max_ms / 1000)
+        if message.type != aiohttp.WSMsgType.BINARY:
+            detail = message.extra or ws.close_code
+            raise RuntimeError(f"the leader ended the replica stream ({message.type.name}: {detail})")
         fenced = False
-        for topic, index, result in decode_fetch_response(body):
+        for topic, index, result in decode_fetch_response(message.data):
             partition = wanted.get((topic, index))
             if partition is None or self.node.replicas.partitions.get((topic, index)) is not partition:
                 continue  # the replica went away meanwhile
@@ -186,3 +226,9 @@ class ReplicaFetcher:
                 fenced = True
         if fenced:
             await asyncio.sleep(BACKOFF_S)
+
+
+async def _close(ws: aiohttp.ClientWebSocketResponse | None) -> None:
+    if ws is not None and not ws.closed:
+        with contextlib.suppress(Exception):
+            await ws.close()

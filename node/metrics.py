@@ -23,6 +23,12 @@ class NodeMetrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.replica_fetches = Histogram(
+            "raftka_replica_fetch_seconds",
+            "Followers' fetches answered by this node as leader, from arrival to answer (long-poll included)",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.bytes_in = Counter(
             "raftka_produced_bytes",
             "Record batch bytes appended by producers",

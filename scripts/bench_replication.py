@@ -192,11 +192,10 @@ def scrape(url: str) -> dict[str, float]:
         if line.startswith("#") or not line:
             continue
         name, _, value = line.rpartition(" ")
-        if "replica/fetch" in name and name.startswith(
-            ("raftka_http_requests_total", "raftka_http_request_seconds_sum")
-        ):
-            key = "fetches" if name.startswith("raftka_http_requests_total") else "fetch_s"
-            out[key] = out.get(key, 0.0) + float(value)
+        if name == "raftka_replica_fetch_seconds_count":
+            out["fetches"] = float(value)
+        elif name == "raftka_replica_fetch_seconds_sum":
+            out["fetch_s"] = float(value)
         elif name.startswith("raftka_log_end_offset{"):
             labels = dict(LABEL.findall(name))
             out[f"{labels['topic']}-{labels['partition']}"] = float(value)

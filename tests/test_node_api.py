@@ -3,12 +3,16 @@ metrics, and the table of bad input (each refused with its error code, nothing w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
 
+import aiohttp
+import orjson
 import pytest
 
+from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, decode_fetch_response
 from raftka.partitioner import partition_for_key
 from storage.record_batch import NewRecord, decode_batches, encode_batch
 from tests.nodeproc import NodeProcess
@@ -719,6 +723,53 @@ BAD_INPUT = [
     ("unknown path", "GET", "/v2/nothing", None, None, 404, 40404, "/v2/nothing"),
     ("wrong method", "PUT", "/v1/topics", None, None, 405, 40501, "PUT"),
 ]
+
+
+def test_replica_stream_answers_fetches_and_closes_on_bad_ones(node):
+    """The followers' replication connection (node/fetcher.py): fetch after fetch on one WebSocket,
+    binary answers; a bad fetch ends the connection with code 4422 and the error as its reason."""
+    create(node, "stream")
+    status, body, _ = node.request(
+        "POST", "/v1/topics/stream/records", {"records": [{"value": "one"}, {"value": "two"}]}
+    )
+    assert status == 200, body
+    url = f"http://{node.address}{STREAM_PATH}"
+
+    def fetch(offset, wait_ms=0):
+        entry = {"topic": "stream", "partition": 0, "fetch_offset": offset}
+        entry.update(last_fetched_epoch=-1, leader_epoch=0)
+        return {"replica_id": 9, "max_wait_ms": wait_ms, "partitions": [entry]}
+
+    async def session():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url) as ws:
+                answers = []
+                for offset in (0, 1, 2):
+                    await ws.send_bytes(orjson.dumps(fetch(offset)))
+                    message = await ws.receive(timeout=10)
+                    assert message.type == aiohttp.WSMsgType.BINARY, message
+                    answers.append(decode_fetch_response(message.data))
+            closes = []
+            for bad in (b"{not json", orjson.dumps({"replica_id": 9}), "text"):
+                async with http.ws_connect(url) as ws:
+                    await (ws.send_str(bad) if isinstance(bad, str) else ws.send_bytes(bad))
+                    message = await ws.receive(timeout=10)
+                    closes.append((message.type, ws.close_code, message.extra))
+            return answers, closes
+
+    answers, closes = asyncio.run(session())
+    values = []
+    for answer in answers:
+        [(topic, index, result)] = answer
+        assert (topic, index, result.error_code, result.high_watermark) == ("stream", 0, 0, 2)
+        values.append([r.value for r in decode_batches(result.data)])
+    assert values[0] == [b'"one"', b'"two"']  # the whole batch holding offset 0 (JSON values)
+    assert values[2] == []  # at the log end: nothing (max_wait_ms 0)
+    assert [c[:2] for c in closes] == [(aiohttp.WSMsgType.CLOSE, STREAM_BAD_FETCH)] * 3
+    assert closes[0][2].startswith("40001: a replica fetch is not valid JSON"), closes
+    assert closes[1][2].startswith("42201:") and "partitions" in closes[1][2], closes
+    assert closes[2][2] == "42201: replica fetches are binary messages", closes
+    assert leo(node, "stream") == 2
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
