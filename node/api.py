@@ -34,7 +34,7 @@ from node.errors import ApiError
 from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, encode_fetch_response
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
-from node.records import parse_produce_body, record_to_json
+from node.records import ProducerFields, check_producer_fields, parse_produce_body, record_to_json
 from node.replica import FetchResult, Partition, ReplicaFetchResult, replica_log_end_offsets
 from raftka.partitioner import partition_for_key
 from storage.record_batch import (
@@ -306,7 +306,7 @@ class Handlers:
 
     async def produce(self, request: web.Request) -> web.Response:
         acks = parse_acks(request)
-        entries = parse_produce_body(await read_body(request), allow_partition=True)
+        entries = parse_produce_body(await read_body(request), allow_partition=True).entries
         topic = await self.node.topic_for_produce(request.match_info["topic"])
         count = len(topic.partitions)
         sticky = next(self._sticky) % count
@@ -323,7 +323,7 @@ class Handlers:
             else:
                 index = sticky
             by_partition.setdefault(index, []).append((position, record))
-        offsets = await self._append_json_groups(request, topic.name, by_partition, acks)
+        offsets, _ = await self._append_json_groups(request, topic.name, by_partition, acks)
         return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
 
     async def _append_json_groups(
@@ -332,18 +332,23 @@ class Handlers:
         topic: str,
         by_partition: dict[int, list[tuple[int, NewRecord]]],
         acks: str,
-    ) -> list[tuple[int, int]]:
+        producer: ProducerFields | None = None,
+    ) -> tuple[list[tuple[int, int]], bool]:
         """Append each partition's records as one batch: here for the partitions this node leads,
         forwarded on the binary path to the leaders of the others. Everything is checked before the
         first append; the forwarded batches go first, so a refusal from another leader leaves this
-        node's partitions unwritten (a failure between two leaders can leave the first written)."""
+        node's partitions unwritten (a failure between two leaders can leave the first written).
+
+        Returns (partition, offset) per record and whether a local batch was an idempotent retry
+        (`producer`: the idempotent fields, for a single partition led here)."""
+        fields = {} if producer is None else producer._asdict()
         now = int(time.time() * 1000)
         timeout_s = self.produce_timeout_s(request)  # checked before anything is appended
         local: list[tuple[Partition, list[int], bytes]] = []
         remote: list[tuple[int, ForwardTo, list[int], bytes]] = []
         limit = self.node.replicas.max_message_bytes(topic)
         for index, items in sorted(by_partition.items()):
-            batch = encode_batch([record for _, record in items], now_ms=now)
+            batch = encode_batch([record for _, record in items], now_ms=now, **fields)
             if len(batch) > limit:
                 raise ApiError(
                     41301,
@@ -365,15 +370,18 @@ class Handlers:
             for i, position in enumerate(positions):
                 results[position] = (index, -1 if acks == "0" else first + i)
         commits = []
+        duplicate = False
         for partition, positions, batch in local:
             info = partition.append(batch)
-            self.node.metrics.record_produce(partition.topic, len(positions), len(batch))
+            duplicate = duplicate or info.duplicate
+            if not info.duplicate:
+                self.node.metrics.record_produce(partition.topic, len(positions), len(batch))
             for i, position in enumerate(positions):
                 results[position] = (partition.index, -1 if acks == "0" else info.first_offset + i)
             if acks == "all":
                 commits.append(partition.wait_committed(info.last_offset, timeout_s))
         await asyncio.gather(*commits)
-        return results
+        return results, duplicate
 
     def produce_timeout_s(self, request: web.Request) -> float:
         """How long acks=all waits for the in-sync replicas (`?timeout_ms=`, else the node's default)."""
@@ -413,9 +421,16 @@ class Handlers:
             except InvalidBatchError as exc:
                 code = 42202 if "checksum" in str(exc) else 42201
                 raise ApiError(code, f"invalid record batch: {exc}") from None
+            check_producer_fields(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                self.node.store.image.next_producer_id,
+            )
             timeout_s = self.produce_timeout_s(request)
             info = partition.append(body, checked_header=header)  # checksum checked just above
-            self.node.metrics.record_produce(partition.topic, header.record_count, len(body))
+            if not info.duplicate:
+                self.node.metrics.record_produce(partition.topic, header.record_count, len(body))
             if acks == "all":
                 await partition.wait_committed(info.last_offset, timeout_s)
             base, last = (-1, -1) if acks == "0" else (info.first_offset, info.last_offset)
@@ -425,6 +440,7 @@ class Handlers:
                     "base_offset": base,
                     "last_offset": last,
                     "log_start_offset": info.log_start_offset,
+                    "duplicate": info.duplicate,
                 }
             )
         if kind != JSON_CONTENT_TYPE:
@@ -432,16 +448,25 @@ class Handlers:
                 41501,
                 f"Content-Type {kind!r} is not accepted: use {JSON_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}",
             )
-        entries = parse_produce_body(await read_body(request), allow_partition=False)
+        body = parse_produce_body(await read_body(request), allow_partition=False)
         topic = await self.node.topic_for_produce(request.match_info["topic"])
         if index >= len(topic.partitions):
             raise ApiError(
                 40402, f"topic {topic.name!r} has no partition {index} (it has {len(topic.partitions)})"
             )
-        offsets = await self._append_json_groups(
-            request, topic.name, {index: [(i, record) for i, (_, record) in enumerate(entries)]}, acks
+        if body.producer is not None:
+            check_producer_fields(*body.producer, self.node.store.image.next_producer_id)
+            self.leader_or_forward(request, topic.name, index)  # the leader answers whole (duplicate)
+        offsets, duplicate = await self._append_json_groups(
+            request,
+            topic.name,
+            {index: [(i, record) for i, (_, record) in enumerate(body.entries)]},
+            acks,
+            body.producer,
         )
-        return json_response({"offsets": [{"partition": p, "offset": o} for p, o in offsets]})
+        return json_response(
+            {"offsets": [{"partition": p, "offset": o} for p, o in offsets], "duplicate": duplicate}
+        )
 
     # fetch
 
@@ -579,6 +604,22 @@ class Handlers:
                 raise ApiError(42201, f"{name} must be an integer")
             values.append(value)
         return int(raw), values
+
+    async def allocate_producer_ids(self, request: web.Request) -> web.Response:
+        """A block of producer ids for one broker incarnation (node/producer_ids.py)."""
+        document = await read_json_object(request)
+        self.controller_or_forward(request)
+        node_id, (epoch,) = self._broker_request(request, document, "broker_epoch")
+        first, size = await self.node.controller.allocate_producer_ids(node_id, epoch)
+        return json_response({"first": first, "size": size})
+
+    async def new_producer(self, request: web.Request) -> web.Response:
+        """An id for a new idempotent producer, epoch 0. The body, when there is one, must be `{}`."""
+        body = await read_body(request)
+        if body.strip() and body.strip() != b"{}":
+            raise ApiError(42201, "POST /v1/producers takes no fields (send {} or nothing)")
+        producer_id = await self.node.producer_ids.new_id()
+        return json_response({"producer_id": producer_id, "producer_epoch": 0})
 
     async def register_broker(self, request: web.Request) -> web.Response:
         document = await read_json_object(request)
@@ -855,6 +896,8 @@ def build_app(node) -> web.Application:
     app.router.add_post("/v1/internal/brokers/{node_id}/register", h.register_broker)
     app.router.add_post("/v1/internal/brokers/{node_id}/heartbeat", h.broker_heartbeat)
     app.router.add_post("/v1/internal/brokers/{node_id}/shutdown", h.broker_shutdown)
+    app.router.add_post("/v1/internal/brokers/{node_id}/producer-ids", h.allocate_producer_ids)
+    app.router.add_post("/v1/producers", h.new_producer)
     app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
     app.router.add_get(STREAM_PATH, h.replica_stream)
     app.on_shutdown.append(h.close_streams)

@@ -58,6 +58,10 @@ class NodeConfig:
     replica_fetch_max_bytes: int = 1024 * 1024  # per partition (Kafka's replica.fetch.max.bytes)
     # How long an acks=all produce waits for the in-sync replicas unless it asks (?timeout_ms=).
     produce_timeout_ms: int = 30_000
+    # An idempotent producer's state (its last five batches per partition) is forgotten this long after
+    # its last batch's timestamp (Kafka's producer.id.expiration.ms, one day). A producer silent for
+    # longer must start again at sequence 0 (its client does so on 42204).
+    producer_id_expiration_ms: int = 24 * 60 * 60 * 1000
     # Raft election timeouts (pysyncobj's raftMinTimeout/raftMaxTimeout, in ms).
     raft_election_min_ms: int = 400
     raft_election_max_ms: int = 1400
@@ -252,6 +256,8 @@ def _validate(config: NodeConfig) -> None:
         )
     if config.raft_password_file and not os.path.isfile(config.raft_password_file):
         raise ValueError(f"raft_password_file {config.raft_password_file} does not exist")
+    if config.producer_id_expiration_ms < 1000:
+        raise ValueError("producer_id_expiration_ms must be at least 1000")
     if config.heartbeat_interval_ms < 50 or config.session_timeout_ms < 2 * config.heartbeat_interval_ms:
         raise ValueError("session_timeout_ms must be at least twice heartbeat_interval_ms (>= 50)")
     if not 50 <= config.raft_election_min_ms < config.raft_election_max_ms:

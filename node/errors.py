@@ -17,6 +17,7 @@
 | 42201 | invalid request (a field with a wrong type or value; the message names it) |
 | 42202 | corrupt record batch (checksum mismatch) |
 | 42203 | out-of-order sequence (idempotent producer) |
+| 42204 | unknown producer id (no state for the producer here and the batch does not start at sequence 0) |
 | 50001 | internal error |
 | 50002 | storage error (the log could not be read or written) |
 | 50301 | not enough replicas (retriable) |

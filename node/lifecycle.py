@@ -76,6 +76,18 @@ class BrokerLifecycle:
         )
         return self.broker_epoch
 
+    async def allocate_producer_ids(self) -> tuple[int, int]:
+        """A block of producer ids (first, size) from the active controller, for this incarnation."""
+        if self.broker_epoch is None:
+            raise ApiError(50302, f"node {self.config.node_id} is not registered with the controller yet")
+        body = await self._call(
+            f"/v1/internal/brokers/{self.config.node_id}/producer-ids", {"broker_epoch": self.broker_epoch}
+        )
+        try:
+            return int(body["first"]), int(body["size"])
+        except (KeyError, TypeError, ValueError):
+            raise ApiError(50001, f"the controller answered a producer id block with {body!r}") from None
+
     async def heartbeat(self) -> str:
         body = await self._call(
             f"/v1/internal/brokers/{self.config.node_id}/heartbeat",

@@ -95,6 +95,12 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/producers": {
+                "post": {
+                    "summary": "A new idempotent producer id (epoch 0); any node answers",
+                    "responses": {"200": _json(_ref("NewProducer")), **_errors(50302, 50303)},
+                },
+            },
             "/v1/topics/{topic}/records": {
                 "parameters": [TOPIC, ACKS],
                 "post": {
@@ -133,7 +139,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         **_errors(
-                            40001, 40401, 40402, 40403, 40902, 41301, 41501, 42201, 42202, 42203, 50301
+                            40001, 40401, 40402, 40403, 40902, 41301, 41501, 42201, 42202, 42203, 42204, 50301
                         ),
                     },
                 },
@@ -305,7 +311,28 @@ def _schemas() -> dict[str, Any]:
         "ProduceRequest": {
             "type": "object",
             "required": ["records"],
-            "properties": {"records": {"type": "array", "minItems": 1, "items": _ref("ProduceRecord")}},
+            "properties": {
+                "records": {"type": "array", "minItems": 1, "items": _ref("ProduceRecord")},
+                "producer_id": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "idempotent produce (partition route only): from POST /v1/producers",
+                },
+                "producer_epoch": {"type": "integer", "minimum": 0, "maximum": 32767},
+                "base_sequence": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "the first record's sequence; the records take the next ones",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "NewProducer": {
+            "type": "object",
+            "properties": {
+                "producer_id": {"type": "integer"},
+                "producer_epoch": {"type": "integer"},
+            },
         },
         "ProduceResponse": {
             "type": "object",
@@ -316,7 +343,11 @@ def _schemas() -> dict[str, Any]:
                         "type": "object",
                         "properties": {"partition": {"type": "integer"}, "offset": {"type": "integer"}},
                     },
-                }
+                },
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "present on the partition route: the batch was a retry already in the log",
+                },
             },
         },
         "BatchProduceResponse": {
@@ -326,6 +357,10 @@ def _schemas() -> dict[str, Any]:
                 "base_offset": {"type": "integer"},
                 "last_offset": {"type": "integer"},
                 "log_start_offset": {"type": "integer"},
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "a retry of an idempotent batch already in the log: its original offsets",
+                },
             },
         },
         "FetchedRecord": {

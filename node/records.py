@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -20,16 +20,71 @@ from storage.record_batch import INT64_MAX, NewRecord, Record
 
 RECORDS_PER_REQUEST_MAX = 100_000
 _RECORD_FIELDS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition", "timestamp_ms"})
+_PRODUCER_FIELDS = ("producer_id", "producer_epoch", "base_sequence")
+_BODY_FIELDS = frozenset({"records", *_PRODUCER_FIELDS})
+INT16_MAX = 2**15 - 1
+INT32_MAX = 2**31 - 1
 
 
-def parse_produce_body(body: bytes, *, allow_partition: bool) -> list[tuple[int | None, NewRecord]]:
-    """(partition or None, record) for each record of a JSON produce body; ApiError 42201 names the field."""
+class ProducerFields(NamedTuple):
+    """The idempotent producer's fields of one partition batch."""
+
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+
+
+def check_producer_fields(producer_id: int, producer_epoch: int, base_sequence: int, next_id: int) -> None:
+    """ApiError 42201 unless the fields are a plain batch (-1, any, -1) or an idempotent one whose id was
+    handed out (below `next_id`, the metadata's next_producer_id)."""
+    if producer_id == -1:
+        if base_sequence != -1:
+            raise ApiError(42201, f"base_sequence {base_sequence} needs a producer_id (POST /v1/producers)")
+        return
+    if producer_id < 0 or producer_id >= next_id:
+        raise ApiError(
+            42201,
+            f"producer_id {producer_id} was never handed out by this cluster (get one: POST /v1/producers)",
+        )
+    if not 0 <= producer_epoch <= INT16_MAX:
+        raise ApiError(42201, f"producer_epoch must be 0..{INT16_MAX}, got {producer_epoch}")
+    if not 0 <= base_sequence <= INT32_MAX:
+        raise ApiError(42201, f"base_sequence must be 0..{INT32_MAX} with a producer_id, got {base_sequence}")
+
+
+class ProduceBody(NamedTuple):
+    entries: list[tuple[int | None, NewRecord]]  # (partition or None, record)
+    producer: ProducerFields | None
+
+
+def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
+    """The records of a JSON produce body, each with its partition or None, and the idempotent
+    producer's fields when given (the partition route only: `allow_partition` False); ApiError 42201
+    names the field."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(40001, f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "records" not in document:
         raise ApiError(42201, 'request body must be an object with a "records" list')
+    unknown = set(document) - _BODY_FIELDS
+    if unknown:
+        raise ApiError(42201, f"request body has unknown field(s): {', '.join(sorted(unknown))}")
+    producer = None
+    given = [name for name in _PRODUCER_FIELDS if name in document]
+    if given:
+        if allow_partition:
+            raise ApiError(
+                42201,
+                f"{', '.join(given)}: sequences are per partition; produce idempotently to "
+                "/v1/topics/{topic}/partitions/{partition}/records",
+            )
+        if len(given) != len(_PRODUCER_FIELDS):
+            raise ApiError(42201, "an idempotent produce needs producer_id, producer_epoch and base_sequence")
+        for name in _PRODUCER_FIELDS:
+            if isinstance(document[name], bool) or not isinstance(document[name], int):
+                raise ApiError(42201, f"{name} must be an integer")
+        producer = ProducerFields(*(document[name] for name in _PRODUCER_FIELDS))
     records = document["records"]
     if not isinstance(records, list) or not records:
         raise ApiError(42201, '"records" must be a non-empty list')
@@ -60,7 +115,7 @@ def parse_produce_body(body: bytes, *, allow_partition: bool) -> list[tuple[int 
         value = _bytes_field(item, "value", where, json_value=True)
         headers = _headers(item.get("headers"), where)
         out.append((partition, NewRecord(key, value, timestamp, headers)))
-    return out
+    return ProduceBody(out, producer)
 
 
 def _bytes_field(item: dict, name: str, where: str, *, json_value: bool) -> bytes | None:

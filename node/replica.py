@@ -214,7 +214,7 @@ class Partition:
         except BatchTooLargeError as exc:
             raise ApiError(41301, str(exc)) from None
         except ProducerSequenceError as exc:
-            code = 40902 if exc.verdict is Verdict.FENCED else 42203
+            code = {Verdict.FENCED: 40902, Verdict.UNKNOWN_PRODUCER: 42204}.get(exc.verdict, 42203)
             raise ApiError(code, str(exc)) from None
         except StaleLeaderEpochError as exc:
             raise ApiError(40403, str(exc)) from None

@@ -41,6 +41,7 @@ from node.fetcher import ReplicaFetcher
 from node.forward import METADATA_VERSION_HEADER, METADATA_WAIT_S, call
 from node.lifecycle import BrokerLifecycle
 from node.metrics import NodeMetrics
+from node.producer_ids import ProducerIds
 from node.replica import ReplicaManager
 from storage.cleaner import LogCleaner
 from storage.fileio import write_atomic
@@ -139,6 +140,7 @@ class Node:
         self.controller: ControllerService | None = None
         self.lifecycle = BrokerLifecycle(self)
         self.fetcher = ReplicaFetcher(self)
+        self.producer_ids = ProducerIds(self.lifecycle)
         self.http: aiohttp.ClientSession | None = None
         self.cleaner = LogCleaner()
         self._runner: web.AppRunner | None = None
@@ -177,7 +179,12 @@ class Node:
         log.info("listening on http://%s:%d (node %d, roles %s)", host, port, config.node_id, config.roles)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.log_manager = await loop.run_in_executor(
-            None, lambda: LogManager(os.path.join(data_dir, "logs"), background_flush=True)
+            None,
+            lambda: LogManager(
+                os.path.join(data_dir, "logs"),
+                background_flush=True,
+                producer_id_expiration_ms=config.producer_id_expiration_ms,
+            ),
         )
         recovered = sum(1 for lg in self.log_manager.logs().values() if lg.load_report.recovered_segments)
         log.info(

@@ -326,7 +326,11 @@ async def cmd_produce(args: argparse.Namespace) -> int:
     progress = Progress(args.topic, enabled=not sys.stdin.isatty())
     sent = 0
     bad_line: str | None = None
-    async with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms) as producer:
+    # Idempotent (retries never duplicate) with acks=all, the default; acks=1/0 cannot be.
+    idempotent = str(args.acks).lower() in ("all", "-1")
+    async with Producer(
+        args.bootstrap, acks=args.acks, linger_ms=args.linger_ms, enable_idempotence=idempotent
+    ) as producer:
         partitions = await producer.partitions_for(args.topic)  # an unknown topic fails here, at once
         if args.partition is not None and args.partition not in partitions:
             raise UnknownPartitionError(

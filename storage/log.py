@@ -504,6 +504,12 @@ class PartitionLog:
 
     # -- retention ---------------------------------------------------------------------------------
 
+    def remove_expired_producers(self, now_ms: int) -> list[int]:
+        """Forget producers whose last batch is older than producer_id_expiration_ms (under the lock:
+        appends on the event loop read and change the same state)."""
+        with self.lock:
+            return self.producer_state.remove_expired(now_ms)
+
     def delete_old_segments(self, upper_bound_offset: int) -> int:
         """Apply retention.ms and retention.bytes, then the log start offset; delete only segments that
         lie wholly below `upper_bound_offset` (the high watermark). Returns the segments deleted."""

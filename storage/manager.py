@@ -236,7 +236,7 @@ class LogManager:
         deleted = 0
         for (topic, partition), partition_log in self.logs().items():
             deleted += partition_log.delete_old_segments(upper_bound(topic, partition))
-            partition_log.producer_state.remove_expired(self.clock.now_ms())
+            partition_log.remove_expired_producers(self.clock.now_ms())
         if deleted:
             self.checkpoint()
         return deleted

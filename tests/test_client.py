@@ -206,7 +206,8 @@ def test_acks(node, acks, first_offset):
     topic = new_topic(node)
 
     async def scenario():
-        async with Producer(node.address, acks=acks) as producer:
+        idempotent = str(acks) == "all"  # idempotence needs acks=all
+        async with Producer(node.address, acks=acks, enable_idempotence=idempotent) as producer:
             return await producer.send_and_wait(topic, b"v")
 
     assert run(scenario()) == RecordMetadata(topic, 0, first_offset)

@@ -34,6 +34,7 @@ from raftka.client.errors import (
     TopicExistsError,
     UnknownPartitionError,
     UnknownTopicError,
+    error_for_code,
     error_from_response,
 )
 from raftka.client.producer import Producer, RecordMetadata
@@ -48,6 +49,7 @@ from raftka.client.serializers import (
     resolve_serializer,
 )
 from raftka.partitioner import StickyPartitioner
+from storage.producer_state import ProducerStateManager, Verdict
 from storage.record_batch import HEADER_SIZE, NewRecord, check_producer_batch, decode_batches, encode_batch
 
 # -- partitioner ------------------------------------------------------------------------------------------
@@ -436,7 +438,10 @@ def ok(document: Any) -> HttpResponse:
 class FakeNode:
     """The node's HTTP API, in memory: enough for the producer and consumer shells.
 
-    `faults` is a queue of errors that the next produce requests raise, one each.
+    `faults` is a queue of errors that the next produce requests raise, one each, before appending;
+    `lost_answers` is how many of the next produce requests append and then lose their answer (a
+    retriable timeout, as when a connection drops after the node appended). Idempotent batches go
+    through the real sequence checks (storage.producer_state), as on a partition leader.
     """
 
     def __init__(self, topics: dict[str, int] | None = None):
@@ -448,12 +453,18 @@ class FakeNode:
         self.in_flight = 0
         self.in_flight_max = 0
         self.metadata_requests = 0
+        self.lost_answers = 0
+        self.next_producer_id = 0
+        self.producer_states: dict[tuple[str, int], ProducerStateManager] = {}
 
     async def request(self, method: str, address: str, path: str, **kwargs: Any) -> HttpResponse:
         self.requests.append((method, path, kwargs))
         parts = path.strip("/").split("/")
         if path == "/v1/cluster":
             return ok({"cluster_id": "c", "controller_id": 1, "brokers": [{"id": 1, "address": "n1:1"}]})
+        if path == "/v1/producers":
+            self.next_producer_id += 1
+            return ok({"producer_id": self.next_producer_id - 1, "producer_epoch": 0})
         topic = parts[2]
         if topic not in self.topics:
             raise UnknownTopicError(40401, f"unknown topic {topic!r}")
@@ -473,10 +484,13 @@ class FakeNode:
         if parts[5] == "offsets":
             return ok({"log_start_offset": 0, "high_watermark": len(log), "log_end_offset": len(log)})
         if method == "POST":
-            return await self._produce(log, partition, kwargs)
+            state = self.producer_states.setdefault((topic, partition), ProducerStateManager(None))
+            return await self._produce(log, partition, kwargs, state)
         return self._fetch(log, kwargs["params"])
 
-    async def _produce(self, log: list, partition: int, kwargs: dict) -> HttpResponse:
+    async def _produce(
+        self, log: list, partition: int, kwargs: dict, state: ProducerStateManager
+    ) -> HttpResponse:
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
@@ -484,10 +498,24 @@ class FakeNode:
                 await self.gate.wait()
             if self.faults:
                 raise self.faults.popleft()
-            check_producer_batch(kwargs["body"])
+            header = check_producer_batch(kwargs["body"])
+            if header.producer_id >= 0:
+                check = state.check(
+                    header.producer_id, header.producer_epoch, header.base_sequence, header.last_sequence
+                )
+                if check.verdict is Verdict.DUPLICATE:
+                    answer = {"base_offset": check.first_offset, "last_offset": check.last_offset}
+                    return ok({"partition": partition, **answer, "duplicate": True})
+                if check.verdict is not Verdict.APPEND:
+                    code = {Verdict.FENCED: 40902, Verdict.UNKNOWN_PRODUCER: 42204}.get(check.verdict, 42203)
+                    raise error_for_code(code, check.message)
             records = decode_batches(kwargs["body"])
             base = len(log)
             log.extend((r.key, r.value, r.timestamp_ms, r.headers) for r in records)
+            state.update(header._replace(base_offset=base))
+            if self.lost_answers:
+                self.lost_answers -= 1
+                raise RequestTimeoutError(None, "the answer was lost (appended)")
             return ok({"partition": partition, "base_offset": base, "last_offset": len(log) - 1})
         finally:
             self.in_flight -= 1
@@ -535,7 +563,7 @@ def test_producer_batches_per_partition_and_resolves_offsets_in_order():
     assert [r.offset for r in results if r.partition == 0] == [0, 1, 2, 3, 4]
     assert [r.offset for r in results if r.partition == 1] == [0, 1, 2, 3, 4]
     assert [r[1] for r in node.logs[("t", 1)]] == [f"v{i}".encode() for i in range(1, 10, 2)]
-    produce_requests = [r for r in node.requests if r[0] == "POST"]
+    produce_requests = [r for r in node.requests if r[0] == "POST" and r[1].endswith("/records")]
     assert len(produce_requests) == 2  # one batch per partition: linger gathered them
     assert all(r[2]["params"] == {"acks": "all"} for r in produce_requests)
     assert all(r[2]["headers"]["Content-Type"] == "application/vnd.raftka.batch" for r in produce_requests)
@@ -861,3 +889,138 @@ def test_max_records_caps_a_poll():
             return [r.offset for r in first], [r.offset for r in second]
 
     assert run(scenario()) == ([0, 1, 2, 3], [4, 5, 6, 7, 8, 9])
+
+
+# -- the idempotent producer (the default) --------------------------------------------------------------
+
+
+def small_batches(node: FakeNode, **options: Any) -> Producer:
+    """A producer whose batches hold 2 records of 10-byte values, so a few sends make many requests."""
+    return producer(node, batch_bytes_max=HEADER_SIZE + 2 * 40, value_serializer="str", **options)
+
+
+def values_in(node: FakeNode, topic: str = "t", partition: int = 0) -> list[str]:
+    return [r[1].decode() for r in node.logs.get((topic, partition), [])]
+
+
+def test_idempotent_retries_after_lost_answers_write_each_record_once_in_order():
+    node = FakeNode({"t": 2})
+    node.lost_answers = 4  # the first four produce requests append, then their answers are lost
+
+    async def scenario():
+        async with small_batches(node) as p:
+            futures = [await p.send("t", f"value-{i:04d}", partition=i % 2) for i in range(40)]
+            await p.flush()
+            return [f.result() for f in futures]
+
+    results = run(scenario())
+    assert node.lost_answers == 0
+    for partition in (0, 1):
+        wanted = [f"value-{i:04d}" for i in range(partition, 40, 2)]
+        assert values_in(node, "t", partition) == wanted  # no duplicate, send order
+        offsets = [r.offset for r in results if r.partition == partition]
+        assert offsets == list(range(20))  # a retry answered by the node gets the original offsets
+    batches = [r for r in node.requests if r[1].endswith("/records")]
+    assert len(batches) > 20  # 20 batches, plus the retries of the lost answers
+    assert [r for r in node.requests if r[1] == "/v1/producers"] == [("POST", "/v1/producers", {"json": {}})]
+
+
+def test_a_failed_batch_with_later_ones_in_flight_keeps_the_order():
+    """Batch 1 of 5 in flight is refused (not leader, nothing appended); the node refuses 2-5 as out of
+    order (42203); the producer sends them again after 1, in order, and nothing is lost or doubled."""
+    node = FakeNode({"t": 1})
+
+    async def scenario():
+        async with small_batches(node) as p:
+            node.gate = asyncio.Event()
+            futures = [await p.send("t", f"value-{i:04d}") for i in range(10)]
+            for _ in range(50):
+                if node.in_flight == 5:
+                    break
+                await asyncio.sleep(0.01)
+            assert node.in_flight == 5  # five 2-record batches wait at the node
+            node.faults.append(NotLeaderError(40403, "not leader"))
+            node.gate.set()
+            node.gate = None
+            await p.flush()
+            return [f.result() for f in futures]
+
+    results = run(scenario())
+    assert values_in(node) == [f"value-{i:04d}" for i in range(10)]
+    assert [r.offset for r in results] == list(range(10))
+    assert node.producer_states[("t", 0)].producers[0].epoch == 0  # settled by retries, no reset
+
+
+def test_a_batch_refused_for_good_resets_the_partition_sequence():
+    """A non-retriable refusal leaves a gap no retry fills: the later batches get 42203 at the lowest
+    outstanding sequence, the partition's epoch goes up, and they are delivered from sequence 0."""
+    node = FakeNode({"t": 1})
+
+    async def scenario():
+        async with small_batches(node, max_in_flight=1) as p:
+            first = [await p.send("t", f"value-{i:04d}") for i in range(2)]
+            await p.flush()
+            node.faults.append(InvalidRequestError(42201, "refused"))
+            refused = [await p.send("t", f"value-{i:04d}") for i in range(2, 4)]
+            await p.flush()
+            later = [await p.send("t", f"value-{i:04d}") for i in range(4, 8)]
+            await p.flush()
+            return first, refused, later
+
+    first, refused, later = run(scenario())
+    assert [f.result().offset for f in first] == [0, 1]
+    assert all(isinstance(f.exception(), InvalidRequestError) for f in refused)
+    assert [f.result().offset for f in later] == [2, 3, 4, 5]
+    assert values_in(node) == ["value-0000", "value-0001"] + [f"value-{i:04d}" for i in range(4, 8)]
+    state = node.producer_states[("t", 0)].producers[0]
+    assert state.epoch == 1 and state.last_sequence == 3  # the reset: epoch 1, sequences 0-3
+
+
+def test_a_partition_that_lost_the_producer_state_starts_again_at_sequence_0():
+    node = FakeNode({"t": 1})
+
+    async def scenario():
+        async with small_batches(node) as p:
+            await (await p.send("t", "value-0000"))
+            node.producer_states.clear()  # expired on the node (42204 for the next batch)
+            return await (await p.send("t", "value-0001"))
+
+    assert run(scenario()) == RecordMetadata("t", 0, 1)
+    assert values_in(node) == ["value-0000", "value-0001"]
+    assert node.producer_states[("t", 0)].producers[0].epoch == 1
+
+
+def test_idempotence_settings_are_checked():
+    with pytest.raises(ValueError, match="acks='all'"):
+        Producer("n1:1", acks=1)
+    with pytest.raises(ValueError, match="max_in_flight must be <= 5"):
+        Producer("n1:1", max_in_flight=6)
+    assert Producer("n1:1", acks=1, enable_idempotence=False).idempotent is False
+    node = FakeNode({"t": 1})
+
+    async def plain():
+        async with producer(node, acks=1, enable_idempotence=False) as p:
+            return await p.send_and_wait("t", b"v")
+
+    assert run(plain()) == RecordMetadata("t", 0, 0)
+    assert not any(r[1] == "/v1/producers" for r in node.requests)
+    assert check_producer_batch(node.requests[-1][2]["body"]).producer_id == -1
+
+
+def test_retried_batches_go_back_in_creation_order():
+    acc = accumulator(
+        batch_bytes_max=HEADER_SIZE + 100, max_in_flight=3, idempotent=True, delivery_timeout_ms=100_000
+    )
+    tp = ("t", 0)
+    for i in range(3):
+        acc.append(tp, (None, b"x" * 80, 0, ()), 90, i, now_ms=0)
+    ready, _ = acc.drain(now_ms=100)
+    assert [b.base_sequence for b in ready] == [0, 1, 2]
+    error = NotLeaderError(40403, "not leader")
+    for batch in (ready[2], ready[0], ready[1]):  # answers arrive in another order
+        assert isinstance(acc.on_failure(batch, error, now_ms=100), Retry)
+    again, _ = acc.drain(now_ms=10_000)
+    assert [b.base_sequence for b in again] == [0]  # after a failure: one at a time, in sequence order
+    acc.on_success(again[0])
+    again, _ = acc.drain(now_ms=10_000)
+    assert [b.base_sequence for b in again] == [1]

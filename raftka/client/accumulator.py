@@ -20,13 +20,40 @@ The shell (`Producer`) sends each drained batch and reports back: `on_success` f
 - fail: anything else; every record of the batch fails with the error (or a DeliveryTimeoutError whose
   cause is the last error, when time ran out).
 
-A batch waiting in a queue past its deadline fails in `drain` without being sent.
+A batch waiting in a queue past its deadline fails in `drain` without being sent. A retried batch
+goes back into its queue in creation order (before every batch created after it; the halves of a
+split batch in the order of their records).
 
-Ordering: with `max_in_flight = 1` (the producer's default) a partition's records are written in send
-order, retries included. With more in flight, order is not kept even without failures: Kafka pipelines
-requests on one TCP connection, which the broker serves in order, but concurrent HTTP/1.1 requests
-travel on separate connections, and the node may append a later batch first. The idempotent producer
-(a later issue: sequence numbers checked by the node) will make larger values safe.
+Idempotence (`idempotent=True`, the producer's default): each partition has a producer epoch and a
+next sequence. A batch takes its (epoch, base sequence) when it is first drained and keeps them
+through every retry, so the partition's leader recognises a retry of a batch it already appended
+and answers with the original offsets (storage/producer_state.py); a batch that skips ahead is
+refused as out of order (42203) and nothing is appended. So:
+
+- a partition sends a retried batch only when none of its requests is in flight: after a failure
+  the batches go again one by one, in sequence order;
+- an out-of-order (42203) or unknown-producer (42204) answer while a batch with a lower sequence of
+  the partition is still in flight or queued is retried: the earlier batch is missing, and comes
+  first;
+- the same answer for the partition's lowest outstanding sequence, a batch the node refused for good
+  (a non-retriable error), or a batch split after it had a sequence, leaves a gap that no retry can
+  fill: the partition *resets*. Once its requests are all back, its epoch goes up by one, its next
+  sequence is 0, and every batch still queued takes a new sequence when drained. The leader takes a
+  higher epoch starting at sequence 0 as a fresh start. Only batches the node never appended are
+  renumbered: a sequence error says the batch is not in the log.
+- a batch whose delivery timeout passes after an attempt with an unknown outcome (a timeout, a lost
+  answer) fails without a reset: the next batch's answer settles it (appended: it follows; not:
+  42203 at the lowest sequence, and a reset).
+
+Ordering: with idempotence, a partition's records are written in send order, retries included, with
+up to `max_in_flight` (at most 5) requests in flight: the node refuses a batch that arrives before
+its predecessor (concurrent HTTP requests travel on separate connections), and it is retried after
+it. Without idempotence only `max_in_flight = 1` keeps the order.
+
+Limits: a partition's epoch can go up 32767 times in one producer's life (every later batch of that
+partition fails with ProducerFencedError); a request that the node still holds after the client gave
+up on it (more than `request_timeout_ms`) and appends after a reset renumbered its batch would
+duplicate it.
 
 Memory is bounded: `has_room(size)` says whether the buffered bytes stay within `buffer_bytes_max`;
 the shell waits for room before appending (a record larger than the whole buffer is let through alone).
@@ -41,10 +68,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from raftka.client.errors import DeliveryTimeoutError, RaftkaError, RecordTooLargeError
+from raftka.client.errors import (
+    DeliveryTimeoutError,
+    OutOfOrderSequenceError,
+    ProducerFencedError,
+    RaftkaError,
+    RecordTooLargeError,
+    UnknownProducerIdError,
+)
 from storage.record_batch import HEADER_SIZE, RECORD_HEADER_SIZE, NewRecord
 
 _JITTER = 0.2  # ±20% on every backoff, so that producers behind one failure do not retry in lockstep
+EPOCH_MAX = 2**15 - 1
+SEQUENCE_MAX = 2**31 - 1
+IDEMPOTENT_IN_FLIGHT_MAX = 5  # the node remembers a producer's last five batches per partition
 
 
 def record_size(key: bytes | None, value: bytes | None, headers) -> int:
@@ -80,10 +117,27 @@ class ProducerBatch:
     retry_at_ms: int = 0
     last_error: RaftkaError | None = None
     encoded: bytes | None = None  # kept across retries: the bytes are the same every time
+    producer_epoch: int = -1  # idempotence: set when first drained, kept through retries
+    base_sequence: int = -1
+    order: tuple = ()  # where the batch's records stand in its partition: (seq,), a split half adds (0,)/(1,)
+
+    def __post_init__(self) -> None:
+        if not self.order:
+            self.order = (self.seq,)
 
     @property
     def record_count(self) -> int:
         return len(self.records)
+
+
+@dataclass
+class PartitionSequence:
+    """An idempotent producer's position on one partition."""
+
+    epoch: int = 0
+    next_sequence: int = 0
+    reset_pending: bool = False
+    in_flight: set = field(default_factory=set)  # the base sequences of the requests out now
 
 
 class Retry(NamedTuple):
@@ -110,6 +164,7 @@ class RecordAccumulator:
         retry_backoff_max_ms: int,
         buffer_bytes_max: int,
         rng: random.Random | None = None,
+        idempotent: bool = False,
     ):
         if batch_bytes_max <= HEADER_SIZE:
             raise ValueError(f"batch_bytes_max must be larger than a batch header ({HEADER_SIZE} bytes)")
@@ -117,6 +172,8 @@ class RecordAccumulator:
             raise ValueError("linger_ms must be >= 0")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if idempotent and max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX:
+            raise ValueError(f"max_in_flight must be <= {IDEMPOTENT_IN_FLIGHT_MAX} with idempotence")
         if delivery_timeout_ms < 0:
             raise ValueError("delivery_timeout_ms must be >= 0")
         if retry_backoff_ms < 0 or retry_backoff_max_ms < retry_backoff_ms:
@@ -131,6 +188,8 @@ class RecordAccumulator:
         self.retry_backoff_max_ms = retry_backoff_max_ms
         self.buffer_bytes_max = buffer_bytes_max
         self._rng = rng or random.Random()
+        self.idempotent = idempotent
+        self._sequences: dict[TopicPartition, PartitionSequence] = {}
         self._queues: dict[TopicPartition, deque[ProducerBatch]] = {}
         self._in_flight: dict[TopicPartition, int] = {}
         self._incomplete: dict[int, int] = {}  # batch seq -> batches with that seq not yet done
@@ -189,15 +248,24 @@ class RecordAccumulator:
 
     def drain(self, now_ms: int) -> tuple[list[ProducerBatch], list[ProducerBatch]]:
         """(batches to send now, batches that expired in their queue and must fail)."""
+        return self._drain(now_ms, send=True)
+
+    def drain_expired(self, now_ms: int) -> tuple[list[ProducerBatch], list[ProducerBatch]]:
+        """([], batches that expired in their queue): while nothing may be sent (no producer id yet)."""
+        return self._drain(now_ms, send=False)
+
+    def _drain(self, now_ms: int, send: bool) -> tuple[list[ProducerBatch], list[ProducerBatch]]:
         ready: list[ProducerBatch] = []
         expired: list[ProducerBatch] = []
         for tp, queue in self._queues.items():
             while queue and now_ms >= queue[0].deadline_ms:
                 batch = queue.popleft()
                 expired.append(batch)
-            while queue and self._in_flight.get(tp, 0) < self.max_in_flight:
+            while send and queue and self._in_flight.get(tp, 0) < self.max_in_flight:
                 batch = queue[0]
                 if not self._sendable(batch, now_ms):
+                    break
+                if self.idempotent and not self._sequence(tp, batch, queue):
                     break
                 queue.popleft()
                 batch.closed = True
@@ -207,6 +275,46 @@ class RecordAccumulator:
             self._finish(batch)
         return ready, expired
 
+    def _sequence(self, tp: TopicPartition, batch: ProducerBatch, queue: deque) -> bool:
+        """Idempotence: whether the head batch may go now, giving it its sequence when it has none."""
+        state = self._sequences.get(tp)
+        if state is None:
+            state = self._sequences[tp] = PartitionSequence()
+        if self._in_flight.get(tp, 0):
+            if state.reset_pending or batch.attempts:
+                return False  # after a failure, one request at a time until the gap is settled
+        elif state.reset_pending:
+            state.reset_pending = False
+            state.epoch += 1
+            state.next_sequence = 0
+            for queued in queue:
+                queued.producer_epoch = queued.base_sequence = -1
+                queued.encoded = None
+        if batch.base_sequence < 0:
+            if state.epoch > EPOCH_MAX:
+                return True  # the shell fails it: see epoch_exhausted
+            batch.producer_epoch = state.epoch
+            batch.base_sequence = state.next_sequence
+            batch.encoded = None
+            state.next_sequence = (state.next_sequence + batch.record_count) % (SEQUENCE_MAX + 1)
+        state.in_flight.add(batch.base_sequence)
+        return True
+
+    def _held_back(self, tp: TopicPartition, head: ProducerBatch) -> bool:
+        """Idempotence: the head waits for the partition's requests to come back (not for a clock)."""
+        if not self.idempotent or not self._in_flight.get(tp, 0):
+            return False
+        state = self._sequences.get(tp)
+        return bool(head.attempts or (state is not None and state.reset_pending))
+
+    def epoch_exhausted(self, batch: ProducerBatch) -> ProducerFencedError | None:
+        """The error for a batch of a partition whose epoch went past 32767 (None: it may be sent)."""
+        if not self.idempotent or batch.base_sequence >= 0:
+            return None
+        return ProducerFencedError(
+            None, f"{batch.tp.topic}-{batch.tp.partition}: its sequence was restarted {EPOCH_MAX} times"
+        )
+
     def next_wakeup_ms(self, now_ms: int) -> int | None:
         """When drain() may next have work without any new event (None: only an event can make work)."""
         wake: int | None = None
@@ -215,7 +323,7 @@ class RecordAccumulator:
                 continue
             head = queue[0]
             due = head.deadline_ms
-            if self._in_flight.get(tp, 0) < self.max_in_flight:
+            if self._in_flight.get(tp, 0) < self.max_in_flight and not self._held_back(tp, head):
                 if head.attempts:
                     due = min(due, head.retry_at_ms)
                 elif head.closed or self._flushing:
@@ -236,20 +344,50 @@ class RecordAccumulator:
         self._release(batch)
         batch.last_error = error
         queue = self._queues.setdefault(batch.tp, deque())
+        sequenced = self.idempotent and batch.base_sequence >= 0
         if isinstance(error, RecordTooLargeError) and batch.record_count > 1:
             parts = self._split(batch)
-            queue.extendleft(reversed(parts))
+            for part in parts:
+                self._requeue(queue, part)
+            if sequenced:
+                self._sequences[batch.tp].reset_pending = True
             return Split(parts)
-        if error.retriable:
+        retriable = error.retriable
+        if sequenced and isinstance(error, OutOfOrderSequenceError | UnknownProducerIdError):
+            retriable = True  # the batch is not in the log: after its predecessors, or after a reset
+            if not self._lower_outstanding(batch, queue):
+                self._sequences[batch.tp].reset_pending = True
+        if retriable:
             backoff = self.backoff_ms(batch.attempts + 1)
             if now_ms + backoff < batch.deadline_ms:
                 batch.attempts += 1
                 batch.retry_at_ms = now_ms + backoff
-                queue.appendleft(batch)
+                self._requeue(queue, batch)
                 return Retry(batch.retry_at_ms)
             error = self.timeout_error(batch, error)
+        elif sequenced:
+            self._sequences[batch.tp].reset_pending = True  # refused for good: a gap
         self._finish(batch)
         return Fail(error)
+
+    def _lower_outstanding(self, batch: ProducerBatch, queue: deque) -> bool:
+        """Whether a batch of the partition with a lower sequence (same epoch) is in flight or queued."""
+        state = self._sequences[batch.tp]
+        if any(sequence < batch.base_sequence for sequence in state.in_flight):
+            return True
+        return any(
+            0 <= b.base_sequence < batch.base_sequence and b.producer_epoch == batch.producer_epoch
+            for b in queue
+        )
+
+    @staticmethod
+    def _requeue(queue: deque, batch: ProducerBatch) -> None:
+        """Put a retried batch (or a split half) back before every batch whose records come after."""
+        for position, queued in enumerate(queue):
+            if queued.order > batch.order:
+                queue.insert(position, batch)
+                return
+        queue.append(batch)
 
     def timeout_error(self, batch: ProducerBatch, cause: RaftkaError | None) -> DeliveryTimeoutError:
         reason = f": {cause.message}" if cause is not None else ""
@@ -270,12 +408,19 @@ class RecordAccumulator:
     def _split(self, batch: ProducerBatch) -> tuple[ProducerBatch, ProducerBatch]:
         half = batch.record_count // 2
         parts = []
-        for records, results in (
-            (batch.records[:half], batch.results[:half]),
-            (batch.records[half:], batch.results[half:]),
+        for which, records, results in (
+            (0, batch.records[:half], batch.results[:half]),
+            (1, batch.records[half:], batch.results[half:]),
         ):
             part = ProducerBatch(
-                batch.tp, batch.seq, batch.created_ms, batch.deadline_ms, records, results, closed=True
+                batch.tp,
+                batch.seq,
+                batch.created_ms,
+                batch.deadline_ms,
+                records,
+                results,
+                closed=True,
+                order=(*batch.order, which),
             )
             part.size_bytes = HEADER_SIZE + sum(record_size(r[0], r[1], r[3]) for r in records)
             parts.append(part)
@@ -288,6 +433,8 @@ class RecordAccumulator:
         count = self._in_flight.get(batch.tp, 0)
         assert count > 0, f"{batch.tp} has no request in flight to complete"
         self._in_flight[batch.tp] = count - 1
+        if self.idempotent and batch.base_sequence >= 0:
+            self._sequences[batch.tp].in_flight.discard(batch.base_sequence)
 
     def _finish(self, batch: ProducerBatch) -> None:
         self.buffered_bytes -= batch.size_bytes

@@ -65,6 +65,17 @@ class ProducerFencedError(RaftkaError):
     """40902: a newer producer with the same id took over."""
 
 
+class OutOfOrderSequenceError(RaftkaError):
+    """42203: an idempotent batch does not continue its producer's sequence on that partition (an
+    earlier batch is missing). The producer retries it after the earlier ones, or starts the
+    partition's sequence again (accumulator.py)."""
+
+
+class UnknownProducerIdError(RaftkaError):
+    """42204: the partition has no state for the producer (expired, or never there) and the batch does
+    not start at sequence 0; the producer starts the partition's sequence again."""
+
+
 class RecordTooLargeError(RaftkaError):
     """41301: the request is over the node's max_request_bytes or the batch over max.message.bytes."""
 
@@ -187,6 +198,8 @@ _BY_CODE: dict[int, type[RaftkaError]] = {
     40901: TopicExistsError,
     40902: ProducerFencedError,
     41301: RecordTooLargeError,
+    42203: OutOfOrderSequenceError,
+    42204: UnknownProducerIdError,
     41601: OffsetOutOfRangeError,
     42202: CorruptRecordError,
     40905: FencedLeaderEpochError,

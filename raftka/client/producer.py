@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from raftka.client._http import BATCH_CONTENT_TYPE, HttpTransport, parse_bootstrap, topic_path
 from raftka.client._metadata import ClusterMetadata, monotonic_ms
 from raftka.client.accumulator import (
+    IDEMPOTENT_IN_FLIGHT_MAX,
     Fail,
     ProducerBatch,
     RecordAccumulator,
@@ -100,10 +101,12 @@ class Producer:
         linger_ms: int = 5,
         # The node's default max.message.bytes is 1 MiB + 12: a full batch fits it.
         batch_bytes_max: int = 1024 * 1024,
-        # Requests in flight per partition. Kafka's default is 5 because it pipelines on one ordered
-        # connection; concurrent HTTP requests use separate connections and may be appended in either
-        # order, so 1 is the value that keeps a partition's order (see accumulator.py, "Ordering").
-        max_in_flight: int = 1,
+        # Idempotence (Kafka's enable.idempotence, on by default since 3.0): retries never write a
+        # record twice and a partition keeps its order; needs acks="all" (accumulator.py).
+        enable_idempotence: bool = True,
+        # Requests in flight per partition: default 5 with idempotence (Kafka's default, and the most
+        # the node remembers), else 1, the only value that keeps order without sequence numbers.
+        max_in_flight: int | None = None,
         # Kafka's delivery.timeout.ms default (2 minutes).
         delivery_timeout_ms: int = 120_000,
         # Kafka's request.timeout.ms default.
@@ -121,6 +124,13 @@ class Producer:
         if delivery_timeout_ms < linger_ms + request_timeout_ms:
             raise ValueError("delivery_timeout_ms must be at least linger_ms + request_timeout_ms")
         self.acks = normalize_acks(acks)
+        if enable_idempotence and self.acks != "all":
+            raise ValueError(
+                f"enable_idempotence needs acks='all' (got acks={acks!r}); pass enable_idempotence=False"
+            )
+        self.idempotent = enable_idempotence
+        if max_in_flight is None:
+            max_in_flight = IDEMPOTENT_IN_FLIGHT_MAX if enable_idempotence else 1
         self.request_timeout_ms = request_timeout_ms
         self._key_serializer = resolve_serializer(key_serializer)
         self._value_serializer = resolve_serializer(value_serializer)
@@ -134,7 +144,9 @@ class Producer:
             retry_backoff_max_ms=retry_backoff_max_ms,
             buffer_bytes_max=buffer_bytes_max,
             rng=rng,
+            idempotent=enable_idempotence,
         )
+        self.producer_id: int | None = None  # from POST /v1/producers before the first idempotent batch
         self._sticky = StickyPartitioner(rng)
         self._owns_transport = transport is None
         self._transport = transport or HttpTransport(request_timeout_ms=request_timeout_ms)
@@ -291,6 +303,8 @@ class Producer:
         accumulator = self._accumulator
         while True:
             self._wakeup.clear()
+            if self.idempotent and self.producer_id is None:
+                await self._init_producer_id()
             now = monotonic_ms()
             ready, expired = accumulator.drain(now)
             for batch in expired:
@@ -310,6 +324,33 @@ class Producer:
                     async with asyncio.timeout((wake_ms - now) / 1000):
                         await self._wakeup.wait()
 
+    async def _init_producer_id(self) -> None:
+        """Get this producer's id (any node hands one out), retrying with backoff until one answers.
+        Records waiting meanwhile still fail at their delivery timeout."""
+        attempt = 0
+        while True:
+            try:
+                document = (await self._metadata.request_any("POST", "/v1/producers", json={})).json()
+                self.producer_id = int(document["producer_id"])
+                log.debug("idempotent producer id %d", self.producer_id)
+                return
+            except (RaftkaError, KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, RaftkaError) and not exc.retriable:
+                    self._fail_all(exc)
+                attempt += 1
+                log.debug("no producer id yet (%s); retrying", exc)
+            _, expired = self._accumulator.drain_expired(monotonic_ms())
+            for batch in expired:
+                self._fail(batch, self._accumulator.timeout_error(batch, batch.last_error))
+            if expired:
+                self._on_progress()
+            await asyncio.sleep(self._accumulator.backoff_ms(attempt) / 1000)
+
+    def _fail_all(self, error: RaftkaError) -> None:
+        for batch in self._accumulator.abort_queued():
+            self._fail(batch, error)
+        self._on_progress()
+
     def _maybe_rotate_sticky(self, batch: ProducerBatch) -> None:
         metadata = self._metadata.cached(batch.tp.topic)
         if metadata is not None and metadata.partitions:
@@ -318,8 +359,20 @@ class Producer:
     async def _send_batch(self, batch: ProducerBatch) -> None:
         topic, partition = batch.tp
         try:
+            exhausted = self._accumulator.epoch_exhausted(batch)
+            if exhausted is not None:
+                raise exhausted
             if batch.encoded is None:
-                batch.encoded = encode_batch(batch.records, now_ms=wall_clock_ms())
+                if self.idempotent:
+                    batch.encoded = encode_batch(
+                        batch.records,
+                        now_ms=wall_clock_ms(),
+                        producer_id=self.producer_id,
+                        producer_epoch=batch.producer_epoch,
+                        base_sequence=batch.base_sequence,
+                    )
+                else:
+                    batch.encoded = encode_batch(batch.records, now_ms=wall_clock_ms())
             address = await self._metadata.leader_address(topic, partition)
             response = await self._transport.request(
                 "POST",
