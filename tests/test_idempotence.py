@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -46,7 +47,7 @@ def batch(values, producer_id=-1, epoch=-1, sequence=-1) -> bytes:
     records = [NewRecord(None, v.encode(), None, ()) for v in values]
     return encode_batch(
         records,
-        now_ms=1_700_000_000_000,
+        now_ms=int(time.time() * 1000),  # expiry counts from the batch timestamps
         producer_id=producer_id,
         producer_epoch=epoch,
         base_sequence=sequence,
@@ -257,3 +258,28 @@ def test_the_producer_retries_lost_answers_without_duplicates(tmp_path):
         if lossy.proc is not None and lossy.proc.poll() is None:
             lossy.stop()
         proxy.close()
+
+
+def test_producer_state_expires_after_producer_id_expiration_ms(tmp_path):
+    short = NodeProcess(
+        str(tmp_path / "data"), "--producer-id-expiration-ms", "1000", "--retention-check-interval-ms", "100"
+    ).start()
+    try:
+        create(short, "expiry")
+        pid = new_producer(short)
+        now_ms = int(time.time() * 1000)
+        first = encode_batch(
+            [NewRecord(None, b"a", None, ())],
+            now_ms=now_ms,
+            producer_id=pid,
+            producer_epoch=0,
+            base_sequence=0,
+        )
+        assert send(short, "expiry", first)[0] == 200
+        time.sleep(2.0)  # past the expiration, and more than one retention check later
+        status, body = send(short, "expiry", batch(["b"], pid, 0, 1))
+        assert (status, body["error_code"]) == (422, 42204), body  # forgotten: start again at 0
+        status, body = send(short, "expiry", first)
+        assert status == 200 and body["duplicate"] is False, body  # no longer recognised as a retry
+    finally:
+        short.stop()
