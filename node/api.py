@@ -898,6 +898,9 @@ def build_app(node) -> web.Application:
     app.router.add_post("/v1/internal/brokers/{node_id}/shutdown", h.broker_shutdown)
     app.router.add_post("/v1/internal/brokers/{node_id}/producer-ids", h.allocate_producer_ids)
     app.router.add_post("/v1/producers", h.new_producer)
+    from node.group_api import add_group_routes  # it builds on this module's helpers
+
+    add_group_routes(app, node, h)
     app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
     app.router.add_get(STREAM_PATH, h.replica_stream)
     app.on_shutdown.append(h.close_streams)

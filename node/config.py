@@ -62,6 +62,18 @@ class NodeConfig:
     # its last batch's timestamp (Kafka's producer.id.expiration.ms, one day). A producer silent for
     # longer must start again at sequence 0 (its client does so on 42204).
     producer_id_expiration_ms: int = 24 * 60 * 60 * 1000
+    # -- consumer groups (see docs/groups.md) ----------------------------------------------------
+    # Kafka's group.consumer.heartbeat.interval.ms is 5000 and session 45000; shorter here so that a
+    # rebalance takes about a second and a dead member is noticed in 10 s, in small clusters.
+    group_heartbeat_interval_ms: int = 1000
+    group_session_timeout_ms: int = 10_000
+    # A member that keeps a partition it was told to give up this long is removed from its group.
+    group_rebalance_timeout_ms: int = 30_000
+    # The internal topic __consumer_offsets, made by the first group request (Kafka: 50 partitions,
+    # replication factor 3; the replication factor is capped by the active brokers at creation).
+    offsets_topic_partitions: int = 10
+    offsets_topic_replication_factor: int = 3
+    offsets_topic_min_insync_replicas: int = 2
     # Raft election timeouts (pysyncobj's raftMinTimeout/raftMaxTimeout, in ms).
     raft_election_min_ms: int = 400
     raft_election_max_ms: int = 1400
@@ -256,6 +268,17 @@ def _validate(config: NodeConfig) -> None:
         )
     if config.raft_password_file and not os.path.isfile(config.raft_password_file):
         raise ValueError(f"raft_password_file {config.raft_password_file} does not exist")
+    if not 10 <= config.group_heartbeat_interval_ms < config.group_session_timeout_ms:
+        raise ValueError("group_heartbeat_interval_ms must be at least 10 and below group_session_timeout_ms")
+    if config.group_rebalance_timeout_ms < config.group_heartbeat_interval_ms:
+        raise ValueError("group_rebalance_timeout_ms must be at least group_heartbeat_interval_ms")
+    for name in (
+        "offsets_topic_partitions",
+        "offsets_topic_replication_factor",
+        "offsets_topic_min_insync_replicas",
+    ):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
     if config.producer_id_expiration_ms < 1000:
         raise ValueError("producer_id_expiration_ms must be at least 1000")
     if config.heartbeat_interval_ms < 50 or config.session_timeout_ms < 2 * config.heartbeat_interval_ms:

@@ -7,10 +7,15 @@
 | 40402 | unknown partition |
 | 40403 | not leader or not available (retriable: refresh metadata) |
 | 40404 | unknown path |
+| 40405 | unknown group member (removed, or the coordinator moved): join again |
+| 40406 | unknown group (no members and no committed offsets) |
 | 40501 | method not allowed |
 | 40601 | unsupported Accept type |
 | 40901 | already exists |
 | 40902 | invalid producer epoch (fenced) |
+| 40906 | stale member epoch (fenced): join again |
+| 40907 | group not empty (delete, offset reset, or a commit without a member) |
+| 40908 | not the partition's owner in the group (commit) |
 | 41301 | request too large (body over max_request_bytes, batch over max.message.bytes) |
 | 41501 | unsupported Content-Type |
 | 41601 | offset out of range (the body carries the valid range) |

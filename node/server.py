@@ -36,6 +36,7 @@ from metadata.raft import RaftMetadataStore
 from node.api import build_app, new_topic_id
 from node.config import NodeConfig, split_host_port
 from node.controller import ControllerService
+from node.coordinator import GroupCoordinator
 from node.errors import ApiError
 from node.fetcher import ReplicaFetcher
 from node.forward import METADATA_VERSION_HEADER, METADATA_WAIT_S, call
@@ -141,6 +142,7 @@ class Node:
         self.lifecycle = BrokerLifecycle(self)
         self.fetcher = ReplicaFetcher(self)
         self.producer_ids = ProducerIds(self.lifecycle)
+        self.coordinator = GroupCoordinator(self)
         self.http: aiohttp.ClientSession | None = None
         self.cleaner = LogCleaner()
         self._runner: web.AppRunner | None = None
@@ -226,6 +228,7 @@ class Node:
             asyncio.create_task(self._every(config.retention_check_interval_ms, self.replicas.run_retention)),
         ]
         self.cleaner.start(config.cleaner_interval_ms / 1000)
+        self.coordinator.start()
 
     async def _follow_metadata(self) -> None:
         """Open the replicas and start the broker only once the metadata has caught up."""
@@ -343,6 +346,7 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.fetcher.stop()
+        await self.coordinator.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
