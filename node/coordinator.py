@@ -201,6 +201,11 @@ class GroupCoordinator:
             )
         return group
 
+    def forget_if_empty(self, group_id: str) -> None:
+        group = self.groups.get(group_id)
+        if group is not None and group.is_empty and group_id not in self.offsets:
+            del self.groups[group_id]
+
     def partitions_of(self, topic: str) -> int:
         info = self.node.store.image.topics.get(topic)
         return 0 if info is None else len(info.partitions)
@@ -268,8 +273,7 @@ class GroupCoordinator:
             gone = group.expire(now_ms)
             if gone:
                 log.info("group %s: removed %s (session or rebalance timeout)", group_id, ", ".join(gone))
-            if group.is_empty and group_id not in self.offsets:
-                del self.groups[group_id]
+            self.forget_if_empty(group_id)
 
 
 def group_error(error: GroupError) -> ApiError:

@@ -113,6 +113,7 @@ class GroupHandlers:
                 now_ms(), uuid.uuid4().hex, topics, instance_id, assignor, self.coordinator.partitions_of
             )
         except GroupError as error:
+            self.coordinator.forget_if_empty(group_id)  # a refused first join leaves no group behind
             raise group_error(error) from None
         return json_response(answer_json(answer))
 

@@ -39,6 +39,13 @@ def _param(
 
 TOPIC = _param("topic", "path", {"type": "string"}, "topic name")
 PARTITION = _param("partition", "path", {"type": "integer", "minimum": 0}, "partition index")
+GROUP = _param("group", "path", {"type": "string"}, "consumer group name")
+MEMBER = _param("member_id", "path", {"type": "string"}, "the member id the join answered")
+TP = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "partition": {"type": "integer", "minimum": 0}},
+    "required": ["topic", "partition"],
+}
 ACKS = _param(
     "acks",
     "query",
@@ -93,6 +100,81 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json({"type": "object", "properties": {"deleted": {"type": "string"}}}),
                         **_errors(40401),
                     },
+                },
+            },
+            "/v1/groups": {
+                "get": {
+                    "summary": "Every group of the cluster (asks each broker), with its state and member count",
+                    "responses": {"200": _json({"type": "object"})},
+                },
+            },
+            "/v1/groups/{group}": {
+                "parameters": [GROUP],
+                "get": {
+                    "summary": "A group: state, members and assignments, committed offsets, lag",
+                    "responses": {"200": _json({"type": "object"}), **_errors(40406)},
+                },
+                "delete": {
+                    "summary": "Delete an empty group and its committed offsets",
+                    "responses": {"200": _json({"type": "object"}), **_errors(40406, 40907)},
+                },
+            },
+            "/v1/groups/{group}/members": {
+                "parameters": [GROUP],
+                "post": {
+                    "summary": "Join: the coordinator assigns partitions (KIP-848 style)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("JoinGroup")}},
+                    },
+                    "responses": {"200": _json(_ref("GroupAssignment")), **_errors(40401, 42201)},
+                },
+            },
+            "/v1/groups/{group}/members/{member_id}/heartbeat": {
+                "parameters": [GROUP, MEMBER],
+                "post": {
+                    "summary": "Heartbeat with the partitions still owned; the answer says what to own now",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("Heartbeat")}},
+                    },
+                    "responses": {"200": _json(_ref("GroupAssignment")), **_errors(40405, 40906, 42201)},
+                },
+            },
+            "/v1/groups/{group}/members/{member_id}": {
+                "parameters": [GROUP, MEMBER],
+                "delete": {
+                    "summary": "Leave the group now (a static member's partitions wait for its session timeout)",
+                    "responses": {"200": _json({"type": "object"}), **_errors(40405, 40906)},
+                },
+            },
+            "/v1/groups/{group}/offsets": {
+                "parameters": [GROUP],
+                "get": {
+                    "summary": "The group's committed offsets",
+                    "responses": {"200": _json({"type": "object"})},
+                },
+                "post": {
+                    "summary": "Commit offsets (the next offset to consume) as the partitions' owner; acks=all",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("Commit")}},
+                    },
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        **_errors(40402, 40405, 40906, 40907, 40908, 42201, 50301, 50304),
+                    },
+                },
+            },
+            "/v1/groups/{group}/offsets/reset": {
+                "parameters": [GROUP],
+                "post": {
+                    "summary": "Reset an empty group's offsets: earliest, latest, an offset or a timestamp",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ResetOffsets")}},
+                    },
+                    "responses": {"200": _json({"type": "object"}), **_errors(40401, 40907, 42201)},
                 },
             },
             "/v1/producers": {
@@ -324,6 +406,68 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "description": "the first record's sequence; the records take the next ones",
                 },
+            },
+            "additionalProperties": False,
+        },
+        "JoinGroup": {
+            "type": "object",
+            "required": ["topics"],
+            "properties": {
+                "topics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "instance_id": {"type": "string", "description": "static membership"},
+                "assignor": {"type": "string", "enum": ["uniform", "range"]},
+            },
+            "additionalProperties": False,
+        },
+        "Heartbeat": {
+            "type": "object",
+            "required": ["member_epoch"],
+            "properties": {"member_epoch": {"type": "integer"}, "owned": {"type": "array", "items": TP}},
+        },
+        "GroupAssignment": {
+            "type": "object",
+            "properties": {
+                "member_id": {"type": "string"},
+                "member_epoch": {"type": "integer"},
+                "assignment": {"type": "array", "items": TP},
+                "heartbeat_interval_ms": {"type": "integer"},
+                "session_timeout_ms": {"type": "integer"},
+                "reconciling": {"type": "boolean"},
+            },
+        },
+        "Commit": {
+            "type": "object",
+            "required": ["offsets"],
+            "properties": {
+                "member_id": {"type": "string"},
+                "member_epoch": {"type": "integer"},
+                "offsets": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["topic", "partition", "offset"],
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "partition": {"type": "integer"},
+                            "offset": {"type": "integer", "minimum": 0},
+                            "metadata": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "additionalProperties": False,
+        },
+        "ResetOffsets": {
+            "type": "object",
+            "required": ["topic", "to"],
+            "properties": {
+                "topic": {"type": "string"},
+                "partitions": {"type": "array", "items": {"type": "integer"}},
+                "to": {"type": "string", "enum": ["earliest", "latest", "offset", "timestamp"]},
+                "offset": {"type": "integer"},
+                "timestamp_ms": {"type": "integer"},
+                "dry_run": {"type": "boolean"},
             },
             "additionalProperties": False,
         },
