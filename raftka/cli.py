@@ -1,4 +1,5 @@
-"""The `raftka` command line: run a node, manage topics, produce and consume from a terminal.
+"""The `raftka` command line: run a node, manage topics and consumer groups, produce and consume from
+a terminal.
 
 Every command but `node` is a thin shell over the asyncio client (raftka.client). Errors print one
 line, `raftka: error: ...`, on stderr. Exit status: 0 success, 1 failure, 2 bad usage, 130 Ctrl-C
@@ -360,6 +361,35 @@ async def cmd_produce(args: argparse.Namespace) -> int:
 # -- consume ------------------------------------------------------------------------------------------
 
 
+def _group_consumer(args: argparse.Namespace, reset: str) -> Consumer:
+    """`consume --group`: a group member with auto-commit; assignment changes go to a terminal's stderr."""
+    if args.offset is not None or args.partition is not None:
+        raise CommandError(
+            "--offset and --partition do not go with --group: the group assigns the partitions and "
+            "starts each at its committed offset (use `raftka group reset-offsets` to move them)"
+        )
+    show = sys.stderr.isatty()
+
+    def report(what: str):
+        def callback(partitions: list) -> None:
+            if show and partitions:
+                names = ", ".join(f"{t}-{p}" for t, p in partitions)
+                print(f"group {args.group}: {what} {names}", file=sys.stderr)
+
+        return callback
+
+    return Consumer(
+        args.bootstrap,
+        group=args.group,
+        topics=[args.topic],
+        auto_offset_reset=reset,
+        fetch_max_wait_ms=500,
+        on_assigned=report("assigned"),
+        on_revoked=report("revoked"),
+        on_lost=report("lost"),
+    )
+
+
 async def cmd_consume(args: argparse.Namespace) -> int:
     if args.offset is not None and args.from_beginning:
         raise CommandError("--offset and --from-beginning exclude each other")
@@ -368,21 +398,25 @@ async def cmd_consume(args: argparse.Namespace) -> int:
     separator = args.key_separator.encode()
     out = sys.stdout.buffer
     count = 0
-    consumer = Consumer(args.bootstrap, auto_offset_reset=reset, fetch_max_wait_ms=500)
+    if args.group is not None:
+        consumer = _group_consumer(args, reset)
+    else:
+        consumer = Consumer(args.bootstrap, auto_offset_reset=reset, fetch_max_wait_ms=500)
     try:
-        partitions = await consumer.partitions_for(args.topic)
-        chosen = partitions if args.partition is None else args.partition
-        for partition in chosen:
-            if partition not in partitions:
-                raise UnknownPartitionError(
-                    40402, f"topic {args.topic!r} has no partition {partition} (it has {len(partitions)})"
-                )
-        consumer.assign([(args.topic, p) for p in chosen])
-        for partition in chosen:
-            if args.offset is not None:
-                consumer.seek((args.topic, partition), args.offset)
-        if args.offset is None:
-            (consumer.seek_to_beginning if args.from_beginning else consumer.seek_to_end)()
+        partitions = await consumer.partitions_for(args.topic)  # an unknown topic fails here, at once
+        if args.group is None:
+            chosen = partitions if args.partition is None else args.partition
+            for partition in chosen:
+                if partition not in partitions:
+                    raise UnknownPartitionError(
+                        40402, f"topic {args.topic!r} has no partition {partition} (it has {len(partitions)})"
+                    )
+            consumer.assign([(args.topic, p) for p in chosen])
+            for partition in chosen:
+                if args.offset is not None:
+                    consumer.seek((args.topic, partition), args.offset)
+            if args.offset is None:
+                (consumer.seek_to_beginning if args.from_beginning else consumer.seek_to_end)()
         idle_since = time.monotonic()
         while args.max_messages is None or count < args.max_messages:
             limit = None if args.max_messages is None else args.max_messages - count
@@ -410,6 +444,112 @@ async def cmd_consume(args: argparse.Namespace) -> int:
         await consumer.close()
     if sys.stderr.isatty():
         print(f"Processed a total of {count} messages", file=sys.stderr)
+    return 0
+
+
+# -- consumer groups ------------------------------------------------------------------------------------
+
+
+def _partition_name(tp: Sequence[Any]) -> str:
+    return f"{tp[0]}-{tp[1]}"
+
+
+async def cmd_group_list(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        groups = await admin.list_groups()
+    if args.format == "json":
+        print_json({"groups": [dataclasses.asdict(g) for g in groups]})
+    elif groups:
+        print(format_table(["GROUP", "STATE", "MEMBERS"], [(g.group, g.state, g.members) for g in groups]))
+    else:
+        print("no groups", file=sys.stderr)
+    return 0
+
+
+async def cmd_group_describe(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        group = await admin.describe_group(args.group)
+    if args.format == "json":
+        print_json(dataclasses.asdict(group))
+        return 0
+    print(
+        f"Group: {group.group}  state: {group.state}  assignor: {group.assignor or '-'}  "
+        f"epoch: {group.group_epoch}  members: {len(group.members)}  total lag: {group.total_lag}"
+    )
+    owners = group.owner_of()
+    if group.offsets:
+        print()
+        print(
+            format_table(
+                ["TOPIC", "PARTITION", "COMMITTED_OFFSET", "LOG_END_OFFSET", "LAG", "MEMBER"],
+                [
+                    (
+                        o.topic,
+                        o.partition,
+                        o.committed_offset,
+                        o.log_end_offset,
+                        o.lag,
+                        owners.get((o.topic, o.partition)),
+                    )
+                    for o in group.offsets
+                ],
+            )
+        )
+    if group.members:
+        print()
+        print(
+            format_table(
+                ["MEMBER_ID", "INSTANCE_ID", "EPOCH", "TOPICS", "ASSIGNMENT", "TARGET"],
+                [
+                    (
+                        m.member_id,
+                        m.instance_id,
+                        m.member_epoch,
+                        ",".join(m.topics) or None,
+                        ",".join(map(_partition_name, m.assignment)) or None,
+                        ",".join(map(_partition_name, m.target)) or None,
+                    )
+                    for m in group.members
+                ],
+            )
+        )
+    return 0
+
+
+async def cmd_group_reset_offsets(args: argparse.Namespace) -> int:
+    if args.to_offset is not None:
+        to, extra = "offset", {"offset": args.to_offset}
+    elif args.to_timestamp is not None:
+        to, extra = "timestamp", {"timestamp_ms": args.to_timestamp}
+    else:
+        to, extra = ("earliest" if args.to_earliest else "latest"), {}
+    partitions = sorted(set(args.partition)) if args.partition is not None else None
+    async with Admin(args.bootstrap) as admin:
+        offsets = await admin.reset_group_offsets(
+            args.group, args.topic, to=to, partitions=partitions, dry_run=args.dry_run, **extra
+        )
+    rows = sorted(offsets.items())
+    if args.format == "json":
+        print_json(
+            {
+                "group": args.group,
+                "dry_run": args.dry_run,
+                "offsets": [{"topic": t, "partition": p, "offset": o} for (t, p), o in rows],
+            }
+        )
+        return 0
+    print(format_table(["TOPIC", "PARTITION", "NEW_OFFSET"], [(t, p, o) for (t, p), o in rows]))
+    if args.dry_run:
+        print(f"dry run: the offsets of group {args.group} are unchanged", file=sys.stderr)
+    else:
+        print(f"reset the offsets of group {args.group} in {len(rows)} partition(s)", file=sys.stderr)
+    return 0
+
+
+async def cmd_group_delete(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap) as admin:
+        await admin.delete_group(args.group)
+    print(f"deleted group {args.group}")
     return 0
 
 
@@ -494,7 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
         "consume", help="print records as they arrive", parents=[common], description=CONSUME_HELP
     )
     consume.add_argument("topic")
-    consume.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    consume.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the oldest record (with --group: partitions that have no committed offset)",
+    )
+    consume.add_argument(
+        "--group", "-g", help="consume as a member of this group, from its committed offsets (auto-commit)"
+    )
     consume.add_argument("--offset", type=_non_negative, help="start at this offset (in each partition read)")
     consume.add_argument(
         "--partition", "-p", type=_non_negative, action="append", help="read only this partition (repeatable)"
@@ -509,6 +656,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("text", "json"), default="text", help="json: one object per line"
     )
     consume.set_defaults(handler=cmd_consume)
+
+    group = commands.add_parser("group", help="list, describe, reset the offsets of and delete groups")
+    group_commands = group.add_subparsers(dest="group_command", metavar="ACTION", required=True)
+    group_list = group_commands.add_parser("list", help="list consumer groups", parents=[common])
+    group_list.add_argument("--format", choices=("table", "json"), default="table")
+    group_list.set_defaults(handler=cmd_group_list)
+    group_describe = group_commands.add_parser(
+        "describe", help="members, assignments, committed offsets and lag", parents=[common]
+    )
+    group_describe.add_argument("group")
+    group_describe.add_argument("--format", choices=("table", "json"), default="table")
+    group_describe.set_defaults(handler=cmd_group_describe)
+    reset = group_commands.add_parser(
+        "reset-offsets",
+        help="move an empty group's committed offsets in a topic",
+        parents=[common],
+        description=RESET_HELP,
+    )
+    reset.add_argument("group")
+    reset.add_argument("--topic", "-t", required=True, help="the topic whose offsets move")
+    reset.add_argument(
+        "--partition", "-p", type=_non_negative, action="append", help="only this partition (repeatable)"
+    )
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true", help="the oldest record kept")
+    target.add_argument("--to-latest", action="store_true", help="the end: skip everything there is now")
+    target.add_argument("--to-offset", type=_non_negative, metavar="N", help="offset N (kept inside the log)")
+    target.add_argument(
+        "--to-timestamp", type=_non_negative, metavar="MS", help="the first record at or after MS (epoch ms)"
+    )
+    reset.add_argument("--dry-run", action="store_true", help="show the new offsets, change nothing")
+    reset.add_argument("--format", choices=("table", "json"), default="table")
+    reset.set_defaults(handler=cmd_group_reset_offsets)
+    group_delete = group_commands.add_parser(
+        "delete", help="delete an empty group's committed offsets", parents=[common]
+    )
+    group_delete.add_argument("group")
+    group_delete.set_defaults(handler=cmd_group_delete)
 
     cluster = commands.add_parser("cluster", help="cluster information")
     cluster_commands = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
@@ -541,7 +726,13 @@ PRODUCE_HELP = (
 )
 CONSUME_HELP = (
     "Print the records of a topic, one value per line, following new records until Ctrl-C (or "
-    "--max-messages / --timeout-ms). Starts at the end unless --from-beginning or --offset."
+    "--max-messages / --timeout-ms). Starts at the end unless --from-beginning or --offset. With --group "
+    "it reads the partitions the group assigns it, from the group's committed offsets, and commits what "
+    "it printed (every 5 s and on exit)."
+)
+RESET_HELP = (
+    "Set the committed offsets of GROUP in a topic (all its partitions, or those named with --partition). "
+    "The group must have no members. --dry-run shows the new offsets without changing them."
 )
 
 

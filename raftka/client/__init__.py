@@ -6,6 +6,11 @@ from raftka.client.admin import (
     Admin,
     BrokerDescription,
     ClusterDescription,
+    CommittedOffset,
+    GroupDescription,
+    GroupListing,
+    GroupPartitionLag,
+    MemberDescription,
     PartitionDescription,
     PartitionOffsets,
     TopicDescription,
@@ -14,7 +19,15 @@ from raftka.client.admin import (
 from raftka.client.blocking import SyncAdmin, SyncConsumer, SyncProducer
 from raftka.client.consumer import Consumer, ConsumerBatch, ConsumerRecord
 from raftka.client.errors import *  # noqa: F403 - the error hierarchy is part of the public face
-from raftka.client.errors import RaftkaError
+from raftka.client.errors import (
+    CommitFailedError,
+    GroupNotEmptyError,
+    NotPartitionOwnerError,
+    RaftkaError,
+    StaleMemberEpochError,
+    UnknownGroupError,
+    UnknownMemberError,
+)
 from raftka.client.producer import Producer, RecordMetadata
 from raftka.client.serializers import (
     BytesDeserializer,
@@ -33,18 +46,27 @@ __all__ = [
     "BytesDeserializer",
     "BytesSerializer",
     "ClusterDescription",
+    "CommitFailedError",
+    "CommittedOffset",
     "Consumer",
     "ConsumerBatch",
     "ConsumerRecord",
     "Deserializer",
+    "GroupDescription",
+    "GroupListing",
+    "GroupNotEmptyError",
+    "GroupPartitionLag",
     "JsonDeserializer",
     "JsonSerializer",
+    "MemberDescription",
+    "NotPartitionOwnerError",
     "PartitionDescription",
     "PartitionOffsets",
     "Producer",
     "RaftkaError",
     "RecordMetadata",
     "Serializer",
+    "StaleMemberEpochError",
     "StringDeserializer",
     "StringSerializer",
     "SyncAdmin",
@@ -53,4 +75,6 @@ __all__ = [
     "TopicDescription",
     "TopicListing",
     "TopicPartition",
+    "UnknownGroupError",
+    "UnknownMemberError",
 ]

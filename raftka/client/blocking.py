@@ -16,7 +16,17 @@ import threading
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from raftka.client.admin import Admin, ClusterDescription, PartitionOffsets, TopicDescription, TopicListing
+from raftka.client.accumulator import TopicPartition
+from raftka.client.admin import (
+    Admin,
+    ClusterDescription,
+    CommittedOffset,
+    GroupDescription,
+    GroupListing,
+    PartitionOffsets,
+    TopicDescription,
+    TopicListing,
+)
 from raftka.client.consumer import Consumer, ConsumerBatch, ConsumerRecord
 from raftka.client.producer import Producer, RecordMetadata
 
@@ -179,6 +189,22 @@ class SyncConsumer:
     def poll_batches(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[ConsumerBatch]:
         return self._runner.call(self._consumer.poll_batches(timeout_ms, max_records))
 
+    def join(self, timeout_ms: int | None = None) -> list[TopicPartition]:
+        return self._runner.call(self._consumer.join(timeout_ms))
+
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> dict[TopicPartition, int]:
+        return self._runner.call(self._consumer.commit(offsets))
+
+    def committed(self, tp: tuple[str, int]) -> int | None:
+        return self._runner.call(self._consumer.committed(tp))
+
+    def subscription(self) -> list[str]:
+        return self._runner.call(self._in_loop("subscription"))
+
+    @property
+    def member_id(self) -> str | None:
+        return self._consumer.member_id
+
     def close(self) -> None:
         if self._runner.stopped:
             return
@@ -245,6 +271,21 @@ class SyncAdmin:
 
     def describe_cluster(self) -> ClusterDescription:
         return self._runner.call(self._admin.describe_cluster())
+
+    def list_groups(self) -> list[GroupListing]:
+        return self._runner.call(self._admin.list_groups())
+
+    def describe_group(self, group: str) -> GroupDescription:
+        return self._runner.call(self._admin.describe_group(group))
+
+    def group_offsets(self, group: str) -> list[CommittedOffset]:
+        return self._runner.call(self._admin.group_offsets(group))
+
+    def delete_group(self, group: str) -> None:
+        self._runner.call(self._admin.delete_group(group))
+
+    def reset_group_offsets(self, group: str, topic: str, **options: Any) -> dict[TopicPartition, int]:
+        return self._runner.call(self._admin.reset_group_offsets(group, topic, **options))
 
     def close(self) -> None:
         if self._runner.stopped:

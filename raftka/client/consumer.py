@@ -1,4 +1,5 @@
-"""`Consumer`: reads assigned partitions on the binary fetch path, with a poll loop.
+"""`Consumer`: reads assigned partitions on the binary fetch path, with a poll loop; as a member of a
+consumer group (`group=`), the group coordinator assigns them.
 
 Theory of operation
 -------------------
@@ -26,6 +27,18 @@ An offset outside the log (41601, after retention deleted it, or a seek past the
 OffsetOutOfRangeError until the caller seeks). Retriable errors (no leader, connection refused,
 timeouts) refresh metadata and try again after `retry_backoff_ms`; other errors raise from poll.
 
+Consumer groups (`group=` and `topics=`): the decisions are the pure core in group_membership.py;
+this shell carries them. A background task joins and heartbeats (one request at a time, any node
+forwards it to the group's coordinator) and feeds the answers to the core. The changes it asks for are
+applied inside `poll()` (and `join()`, `commit()`, `close()`), before any record is handed out:
+partitions lost to a fence are dropped without a commit; revoked ones are committed (auto-commit),
+reported to `on_revoked`, dropped, and the heartbeat goes at once; new ones start at their committed
+offsets, or by `auto_offset_reset` when none is committed. Doing this in poll, not in the background,
+is what makes auto-commit at-least-once: the positions committed are those of records that earlier
+polls returned, which the caller has processed by the time it polls again. Auto-commit runs every
+`auto_commit_interval_ms` from poll (in the background, one commit at a time, in order with the
+others) and on close, which then leaves the group.
+
 Not thread-safe: one consumer belongs to one event loop (use SyncConsumer from threads).
 """
 
@@ -34,9 +47,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import inspect
 import itertools
+import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,11 +59,24 @@ from raftka.client._http import BATCH_CONTENT_TYPE, HttpResponse, HttpTransport,
 from raftka.client._metadata import ClusterMetadata, monotonic_ms
 from raftka.client.accumulator import TopicPartition
 from raftka.client.errors import (
+    CommitFailedError,
     CorruptRecordError,
     NoOffsetForPartitionError,
+    NotPartitionOwnerError,
     OffsetOutOfRangeError,
     RaftkaError,
+    RequestTimeoutError,
     SerializationError,
+    StaleMemberEpochError,
+    UnknownGroupError,
+    UnknownMemberError,
+)
+from raftka.client.group_membership import (
+    GroupMembership,
+    Join,
+    MemberAnswer,
+    group_path,
+    partitions_from_json,
 )
 from raftka.client.serializers import BytesDeserializer, Deserializer, resolve_deserializer
 from storage.record_batch import (
@@ -60,6 +88,13 @@ from storage.record_batch import (
 )
 
 RESET_POLICIES = ("earliest", "latest", "error")
+# Kafka's auto.commit.interval.ms default.
+DEFAULT_AUTO_COMMIT_INTERVAL_MS = 5_000
+
+log = logging.getLogger(__name__)
+
+# on_assigned / on_revoked / on_lost: called with the partitions, from inside poll(); may be async.
+RebalanceCallback = Callable[[list[TopicPartition]], Awaitable[None] | None]
 
 
 class ConsumerRecord(NamedTuple):
@@ -145,12 +180,22 @@ class _Fetched(NamedTuple):
 
 
 class Consumer:
-    """An asyncio consumer of explicitly assigned partitions (consumer groups come later)."""
+    """An asyncio consumer: of explicitly assigned partitions (`assign()`), or, with `group=` and
+    `topics=`, of the partitions the group's coordinator assigns to it."""
 
     def __init__(
         self,
         bootstrap: str | Sequence[str] | None = None,
         *,
+        group: str | None = None,
+        topics: str | Iterable[str] | None = None,
+        auto_commit: bool = True,
+        auto_commit_interval_ms: int = DEFAULT_AUTO_COMMIT_INTERVAL_MS,
+        instance_id: str | None = None,
+        assignor: str | None = None,
+        on_assigned: RebalanceCallback | None = None,
+        on_revoked: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
         # Kafka's auto.offset.reset default: a fresh assignment starts at the end.
         auto_offset_reset: str = "latest",
         # Kafka's max.partition.fetch.bytes default: bytes one fetch of one partition may return.
@@ -162,12 +207,28 @@ class Consumer:
         max_poll_records: int = 500,
         request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
+        # The longest wait between retries of a group request (the producer's default).
+        retry_backoff_max_ms: int = 1000,
         key_deserializer: str | Deserializer | None = None,
         value_deserializer: str | Deserializer | None = None,
         transport: HttpTransport | None = None,
     ):
         if auto_offset_reset not in RESET_POLICIES:
             raise ValueError(f"auto_offset_reset must be one of {', '.join(RESET_POLICIES)}")
+        if isinstance(topics, str):
+            topics = [topics]
+        topics = list(topics) if topics is not None else None
+        if group is None and topics is not None:
+            raise ValueError("topics= subscribes a group member: give group= too (or use assign())")
+        if group is not None and not topics:
+            raise ValueError("a group consumer needs topics=[...] to subscribe to")
+        if group is not None and not group:
+            raise ValueError("group must be a non-empty name")
+        if auto_commit_interval_ms <= 0:
+            raise ValueError(f"auto_commit_interval_ms must be > 0, got {auto_commit_interval_ms}")
+        self.group = group
+        self.auto_commit = auto_commit
+        self.auto_commit_interval_ms = auto_commit_interval_ms
         self.auto_offset_reset = auto_offset_reset
         self.fetch_bytes_max = fetch_bytes_max
         self.fetch_max_wait_ms = fetch_max_wait_ms
@@ -183,6 +244,30 @@ class Consumer:
         self._states: dict[TopicPartition, _PartitionState] = {}
         self._round_robin = itertools.count()
         self._closed = False
+        # -- group state (None and empty without group=) --
+        self._membership: GroupMembership | None = None
+        if group is not None:
+            assert topics is not None, "checked above"
+            self._membership = GroupMembership(
+                group,
+                topics,
+                instance_id=instance_id,
+                assignor=assignor,
+                retry_backoff_ms=retry_backoff_ms,
+                retry_backoff_max_ms=max(retry_backoff_ms, retry_backoff_max_ms),
+            )
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._on_lost = on_lost
+        self._heartbeat_task: asyncio.Task | None = None
+        self._heartbeat_wakeup = asyncio.Event()  # the core may have a request due sooner
+        self._group_changed = asyncio.Event()  # an answer or error came: poll() looks at the core
+        self._group_error: RaftkaError | None = None  # raised by the next poll()
+        self._reconcile_lock = asyncio.Lock()  # one reconciliation at a time
+        self._reconcile_retry_at_ms = 0  # after a retriable error looking up committed offsets
+        self._committed: dict[TopicPartition, int] = {}  # what this member last committed
+        self._auto_commit_task: asyncio.Task | None = None
+        self._next_auto_commit_ms: int | None = None
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -194,6 +279,10 @@ class Consumer:
 
     def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Read exactly these (topic, partition) pairs; kept ones keep their position."""
+        if self._membership is not None:
+            raise ValueError(
+                f"this consumer is a member of group {self.group!r}: the group assigns its partitions"
+            )
         wanted = [TopicPartition(str(t), int(p)) for t, p in partitions]
         for tp, state in list(self._states.items()):
             if tp not in wanted:
@@ -205,7 +294,21 @@ class Consumer:
                 self._states[tp] = _PartitionState(tp, reset=reset)
 
     def assignment(self) -> list[TopicPartition]:
+        """The partitions this consumer reads now (with a group: those it owns)."""
         return list(self._states)
+
+    def subscription(self) -> list[str]:
+        """The topics a group consumer subscribes to ([] without a group)."""
+        return [] if self._membership is None else list(self._membership.topics)
+
+    @property
+    def member_id(self) -> str | None:
+        """The member id the group coordinator gave (None without a group or while joining)."""
+        return None if self._membership is None else self._membership.member_id
+
+    @property
+    def member_epoch(self) -> int | None:
+        return None if self._membership is None else self._membership.member_epoch
 
     async def partitions_for(self, topic: str) -> list[int]:
         """The partition numbers of a topic (asks the cluster)."""
@@ -302,7 +405,12 @@ class Consumer:
             raise RaftkaError(None, "the consumer is closed")
         limit = self.max_poll_records if max_records is None else max_records
         deadline = monotonic_ms() + max(0, timeout_ms)
+        if self._membership is not None:
+            self._start_group()
+            self._maybe_auto_commit()  # what earlier polls returned: processed by now
         while True:
+            if self._membership is not None:
+                await self._reconcile()
             await self._resolve_pending()
             for state in list(self._states.values()):
                 if state.task is not None and state.task.done():
@@ -319,11 +427,21 @@ class Consumer:
                 (s.retry_at_ms for s in self._states.values() if s.task is None and s.retry_at_ms > now),
                 default=deadline,
             )
+            if self._membership is not None and self._reconcile_retry_at_ms > now:
+                retry_at = min(retry_at, self._reconcile_retry_at_ms)
             wait_s = (min(deadline, retry_at) - now) / 1000
+            group_waiter = None
+            if self._membership is not None:  # wake for the group's news too
+                group_waiter = asyncio.ensure_future(self._group_changed.wait())
+                tasks.append(group_waiter)
             if not tasks:
                 await asyncio.sleep(wait_s)
                 continue
-            await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if group_waiter is not None:
+                    group_waiter.cancel()
 
     async def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
         """Records forever: `async for record in consumer:`."""
@@ -535,9 +653,349 @@ class Consumer:
             state.cursor = 0
         return ConsumerBatch(topic, partition, part.offsets, part.timestamps, keys, values, headers)
 
+    # -- consumer groups ------------------------------------------------------------------------------
+
+    async def join(self, timeout_ms: int | None = None) -> list[TopicPartition]:
+        """Join the group now (the first poll() does it otherwise) and take the first assignment:
+        returns the partitions owned then. It may be empty while other members still hold partitions
+        they are giving up: poll() takes them when they come. Raises the join's error (an unknown
+        topic, say) and RequestTimeoutError when no answer came within `timeout_ms`."""
+        membership = self._require_group()
+        if self._closed:
+            raise RaftkaError(None, "the consumer is closed")
+        self._start_group()
+        deadline = None if timeout_ms is None else monotonic_ms() + timeout_ms
+        while not membership.joined:
+            self._raise_group_error()
+            self._group_changed.clear()
+            remaining_s = None if deadline is None else (deadline - monotonic_ms()) / 1000
+            if remaining_s is not None and remaining_s <= 0:
+                raise RequestTimeoutError(
+                    None, f"no answer from the coordinator of group {self.group!r} within {timeout_ms} ms"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._group_changed.wait(), remaining_s)
+        await self._reconcile()
+        return self.assignment()
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> dict[TopicPartition, int]:
+        """Commit the positions of the owned partitions (the next offset to consume in each), or the
+        given {(topic, partition): next offset}; returns what was committed, once the group's offsets
+        topic has it (acks=all). Raises CommitFailedError when the member was fenced (it then drops its
+        partitions and joins again) or does not own a partition; retriable errors are retried for up
+        to request_timeout_ms."""
+        self._require_group()
+        if self._closed:
+            raise RaftkaError(None, "the consumer is closed")
+        if offsets is None:
+            chosen = self._positions(self._states)
+        else:
+            chosen = {}
+            for tp, offset in offsets.items():
+                if int(offset) < 0:
+                    raise ValueError(f"offset must be >= 0, got {offset} for {tp[0]}-{tp[1]}")
+                chosen[TopicPartition(str(tp[0]), int(tp[1]))] = int(offset)
+        await self._await_auto_commit()  # commits land in the order they were made
+        if chosen:
+            await self._commit_offsets(chosen)
+        return chosen
+
+    async def committed(self, tp: tuple[str, int]) -> int | None:
+        """The group's committed offset of a partition (the next offset to consume), None if none."""
+        self._require_group()
+        wanted = TopicPartition(tp[0], tp[1])
+        return (await self._committed_offsets([wanted])).get(wanted)
+
+    def _require_group(self) -> GroupMembership:
+        if self._membership is None:
+            raise RaftkaError(
+                None, "this consumer is not in a group: give it group= and topics= to join one and commit"
+            )
+        return self._membership
+
+    def _start_group(self) -> None:
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.ensure_future(self._heartbeat_loop())
+
+    def _raise_group_error(self) -> None:
+        error, self._group_error = self._group_error, None
+        if error is not None:
+            raise error
+        task = self._heartbeat_task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # a bug in the loop: keep saying so
+
+    async def _heartbeat_loop(self) -> None:
+        """Send what the core says is due (join or heartbeat), one at a time; feed it the outcome."""
+        membership = self._membership
+        assert membership is not None, "a group consumer"
+        while not membership.left:
+            self._heartbeat_wakeup.clear()
+            now = monotonic_ms()
+            if membership.maybe_expire(now):
+                log.warning("group %s: %s; joining again", self.group, membership.fence_reason)
+                self._group_changed.set()
+            request = membership.next_request(now)
+            if request is None:
+                wakeup = membership.wakeup_ms()
+                timeout_s = None if wakeup is None else max(0, wakeup - now) / 1000
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._heartbeat_wakeup.wait(), timeout_s)
+                continue
+            await self._send_member_request(membership, request)
+            self._group_changed.set()
+
+    async def _send_member_request(self, membership: GroupMembership, request: Any) -> None:
+        if isinstance(request, Join):
+            path = group_path(membership.group, "members")
+        else:
+            path = group_path(membership.group, "members", request.member_id, "heartbeat")
+        # No longer than a session: past it the core fences the member and joins again anyway.
+        timeout_ms = min(self.request_timeout_ms, membership.session_timeout_ms)
+        try:
+            response = await self._metadata.request_any(
+                "POST", path, json=request.body, timeout_ms=timeout_ms
+            )
+            answer = MemberAnswer.from_json(response.json())
+        except RaftkaError as exc:
+            outcome = membership.on_error(request, monotonic_ms(), exc.error_code, exc.retriable, exc.message)
+            if outcome.fenced:
+                log.warning("group %s: %s; dropping its partitions and joining again", self.group, exc)
+            elif outcome.report:
+                self._group_error = exc
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            membership.on_error(request, monotonic_ms(), None, False)
+            self._group_error = RaftkaError(None, f"POST {path}: the answer is not a member answer: {exc!r}")
+            return
+        membership.on_answer(request, monotonic_ms(), answer)
+
+    async def _reconcile(self) -> None:
+        """Apply what the group's answers ask for, before any record is handed out: drop partitions lost
+        to a fence (no commit), give up revoked ones (commit with auto-commit, on_revoked, heartbeat at
+        once), take new ones at their committed offsets (on_assigned). A callback's error is raised
+        after all of that is done."""
+        membership = self._membership
+        assert membership is not None, "a group consumer"
+        async with self._reconcile_lock:
+            self._group_changed.clear()
+            self._raise_group_error()
+            if membership.maybe_expire(monotonic_ms()):
+                log.warning("group %s: %s; joining again", self.group, membership.fence_reason)
+                self._heartbeat_wakeup.set()
+            failures: list[BaseException] = []
+            lost = membership.take_lost()
+            if lost:
+                self._drop(lost)
+                failures += await self._notify(self._on_lost, lost)
+            revoke = membership.to_revoke()
+            generation = membership.generation
+            if revoke and self.auto_commit:
+                await self._commit_quietly(self._positions(revoke), "revoked partitions")
+            if revoke and membership.generation == generation:  # else fenced meanwhile: lost, next round
+                failures += await self._notify(self._on_revoked, revoke)  # still owned: may commit
+                self._drop(revoke)
+                membership.revoked(revoke)
+                self._heartbeat_wakeup.set()
+            assign = membership.to_assign()
+            if assign and monotonic_ms() >= self._reconcile_retry_at_ms:
+                generation = membership.generation
+                try:
+                    committed = await self._committed_offsets(assign)
+                except RaftkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    self._reconcile_retry_at_ms = monotonic_ms() + self.retry_backoff_ms
+                else:
+                    taken = membership.assigned(assign, generation)
+                    for tp in taken:
+                        self._start_partition(tp, committed.get(tp))
+                    if taken:
+                        failures += await self._notify(self._on_assigned, taken)
+            if failures:
+                raise failures[0]
+
+    def _start_partition(self, tp: TopicPartition, committed: int | None) -> None:
+        """Start reading an assigned partition: at its committed offset, else by auto_offset_reset."""
+        old = self._states.pop(tp, None)
+        if old is not None:
+            old.seek(None, None)
+        if committed is None:
+            reset = None if self.auto_offset_reset == "error" else self.auto_offset_reset
+            self._states[tp] = _PartitionState(tp, reset=reset)
+            self._committed.pop(tp, None)
+        else:
+            state = _PartitionState(tp)
+            state.seek(committed, None)
+            self._states[tp] = state
+            self._committed[tp] = committed
+
+    def _drop(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            state = self._states.pop(tp, None)
+            if state is not None:
+                state.seek(None, None)  # cancels its fetch, forgets its buffer
+            self._committed.pop(tp, None)
+
+    async def _notify(self, callback: RebalanceCallback | None, partitions: list[TopicPartition]) -> list:
+        if callback is None:
+            return []
+        try:
+            result = callback(list(partitions))
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            return [exc]
+        return []
+
+    def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in partitions:
+            state = self._states.get(tp)
+            if state is not None and state.position is not None:
+                out[tp] = state.position
+        return out
+
+    async def _committed_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        wanted = set(partitions)
+        membership = self._require_group()
+        try:
+            response = await self._metadata.request_any("GET", group_path(membership.group, "offsets"))
+        except UnknownGroupError:
+            return {}
+        out = {}
+        for item in response.json().get("offsets") or ():
+            [tp] = partitions_from_json([item])
+            if tp in wanted and item.get("offset") is not None:
+                out[tp] = int(item["offset"])
+        return out
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        """POST the offsets as this member; retriable errors are retried until request_timeout_ms."""
+        membership = self._membership
+        assert membership is not None, "a group consumer"
+        member_id, member_epoch = membership.member_id, membership.member_epoch
+        if member_id is None:
+            raise CommitFailedError(
+                None,
+                f"cannot commit to group {self.group!r}: this consumer is not a member now "
+                f"({membership.fence_reason or 'it is joining'}); its records since the last commit will "
+                f"be delivered again",
+            )
+        body = {
+            "member_id": member_id,
+            "member_epoch": member_epoch,
+            "offsets": [
+                {"topic": tp.topic, "partition": tp.partition, "offset": offset, "metadata": ""}
+                for tp, offset in sorted(offsets.items())
+            ],
+        }
+        path = group_path(membership.group, "offsets")
+        deadline = monotonic_ms() + self.request_timeout_ms
+        backoff_ms = self.retry_backoff_ms
+        while True:
+            try:
+                await self._metadata.request_any("POST", path, json=body)
+                break
+            except (UnknownMemberError, StaleMemberEpochError) as exc:
+                epoch = member_epoch if isinstance(exc, StaleMemberEpochError) else None
+                if membership.fenced(monotonic_ms(), member_id, epoch, exc.message):
+                    self._heartbeat_wakeup.set()
+                    self._group_changed.set()
+                raise CommitFailedError(
+                    exc.error_code,
+                    f"commit to group {self.group!r} failed: {exc.message}; this consumer lost its "
+                    f"partitions and joins the group again",
+                ) from exc
+            except NotPartitionOwnerError as exc:
+                raise CommitFailedError(
+                    exc.error_code, f"commit to group {self.group!r} failed: {exc.message}"
+                ) from exc
+            except RaftkaError as exc:
+                if not exc.retriable or monotonic_ms() + backoff_ms > deadline:
+                    raise
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(2 * backoff_ms, membership.retry_backoff_max_ms)
+        for tp, offset in offsets.items():
+            if tp in self._states:
+                self._committed[tp] = offset
+
+    async def _commit_quietly(self, offsets: dict[TopicPartition, int], what: str) -> bool:
+        """Commit after any auto-commit in flight; a failure is logged, not raised. True if committed."""
+        await self._await_auto_commit()
+        return await self._commit_logged(offsets, what)
+
+    async def _commit_logged(self, offsets: dict[TopicPartition, int], what: str) -> bool:
+        if not offsets:
+            return True
+        try:
+            await self._commit_offsets(offsets)
+        except RaftkaError as exc:
+            log.warning("group %s: could not commit the offsets of %s: %s", self.group, what, exc)
+            return False
+        return True
+
+    def _maybe_auto_commit(self) -> None:
+        """Every auto_commit_interval_ms, from poll(): commit in the background the positions that moved."""
+        membership = self._membership
+        assert membership is not None, "a group consumer"
+        if not self.auto_commit:
+            return
+        now = monotonic_ms()
+        if self._next_auto_commit_ms is None:  # the first poll starts the interval
+            self._next_auto_commit_ms = now + self.auto_commit_interval_ms
+            return
+        if now < self._next_auto_commit_ms or not membership.joined:
+            return
+        if self._auto_commit_task is not None and not self._auto_commit_task.done():
+            return  # one at a time, so they land in order
+        self._next_auto_commit_ms = now + self.auto_commit_interval_ms
+        moved = {tp: o for tp, o in self._positions(self._states).items() if self._committed.get(tp) != o}
+        if moved:
+            self._auto_commit_task = asyncio.ensure_future(self._commit_logged(moved, "an auto-commit"))
+
+    async def _await_auto_commit(self) -> None:
+        task = self._auto_commit_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])  # it never raises: failures are logged
+
+    async def _close_group(self) -> None:
+        membership = self._membership
+        assert membership is not None, "a group consumer"
+        await self._await_auto_commit()
+        if self._heartbeat_task is None:
+            membership.leave()
+            return
+        owned = sorted(membership.owned)
+        if self.auto_commit and membership.joined:
+            moved = {tp: o for tp, o in self._positions(owned).items() if self._committed.get(tp) != o}
+            await self._commit_quietly(moved, "the partitions on close")
+        if owned:
+            for error in await self._notify(self._on_revoked, owned):
+                log.warning("group %s: on_revoked failed on close: %r", self.group, error)
+        self._heartbeat_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._heartbeat_task
+        identity = membership.leave()
+        if identity is None:
+            return
+        member_id, member_epoch = identity
+        try:
+            await self._metadata.request_any(
+                "DELETE",
+                group_path(membership.group, "members", member_id),
+                params={"member_epoch": member_epoch},
+            )
+        except RaftkaError as exc:  # its session lapses instead
+            log.warning("group %s: could not leave the group: %s", self.group, exc)
+
     async def close(self) -> None:
+        """Stop. A group member first commits its positions (auto-commit), reports its partitions as
+        revoked, and leaves the group, so its partitions move to other members at once."""
         if self._closed:
             return
+        if self._membership is not None:
+            await self._close_group()
         self._closed = True
         tasks = [s.task for s in self._states.values() if s.task is not None]
         for task in tasks:

@@ -103,6 +103,29 @@ class CorruptRecordError(RaftkaError):
     """42202: the node found a batch whose checksum does not match (or the client did, on fetch)."""
 
 
+class UnknownMemberError(RaftkaError):
+    """40405: the group has no such member (its session lapsed, or the coordinator moved): the member
+    lost its partitions and joins again."""
+
+
+class UnknownGroupError(RaftkaError):
+    """40406: the group does not exist (no members and no committed offsets)."""
+
+
+class StaleMemberEpochError(RaftkaError):
+    """40906: the member epoch is older than the coordinator's (fenced): the member lost its
+    partitions and joins again."""
+
+
+class GroupNotEmptyError(RaftkaError):
+    """40907: the group has members: it cannot be deleted, its offsets cannot be reset, and a commit
+    must come from a member."""
+
+
+class NotPartitionOwnerError(RaftkaError):
+    """40908: a commit names a partition that the member does not own in the group."""
+
+
 class UnsupportedError(RaftkaError):
     """405xx, 406xx, 415xx: the node does not support this method or content type."""
 
@@ -180,6 +203,13 @@ class NoOffsetForPartitionError(RaftkaError):
     """A partition has no position and auto_offset_reset is "error"."""
 
 
+class CommitFailedError(RaftkaError):
+    """A consumer's offset commit was refused for good: the member was fenced (40405, 40906: its
+    partitions were dropped and it joins again) or does not own a partition (40908). `error_code` is
+    the node's, `__cause__` the node's error. The records since the last commit will be delivered
+    again, to this member or to the partition's next owner."""
+
+
 class SerializationError(RaftkaError):
     """A serializer or deserializer refused a key or value."""
 
@@ -203,6 +233,11 @@ _BY_CODE: dict[int, type[RaftkaError]] = {
     41601: OffsetOutOfRangeError,
     42202: CorruptRecordError,
     40905: FencedLeaderEpochError,
+    40405: UnknownMemberError,
+    40406: UnknownGroupError,
+    40906: StaleMemberEpochError,
+    40907: GroupNotEmptyError,
+    40908: NotPartitionOwnerError,
     50301: NotEnoughReplicasError,
     50302: NodeNotReadyError,
     50304: CommitTimeoutError,
