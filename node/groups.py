@@ -253,7 +253,8 @@ class Group:
 
     def _remove(self, member_id: str) -> None:
         del self.members[member_id]
-        self._rebalance()
+        subscribed = {t for m in self.members.values() for t in m.topics}
+        self._rebalance({t: n for t, n in self._layout.items() if t in subscribed})
 
     def _subscribed_layout(self, partitions_of: Callable[[str], int]) -> dict[str, int]:
         topics = sorted({t for m in self.members.values() for t in m.topics})
@@ -268,6 +269,8 @@ class Group:
         targets = assign(self.assignor, members, self._layout)
         for member in members:
             member.target = targets.get(member.member_id, set())
+            if member.assigned <= member.target:
+                member.revoking_since_ms = None  # nothing to give up now: a revocation called off
 
     def _reconcile(self, now_ms: int, member: Member, owned: Iterable[TopicPartition]) -> Answer:
         owned = {TopicPartition(*tp) for tp in owned} & member.assigned
@@ -326,14 +329,16 @@ def _uniform(members: list[Member], layout: dict[str, int]) -> dict[str, set[Top
     partitions = [TopicPartition(t, p) for t, count in sorted(layout.items()) for p in range(max(count, 0))]
     if not members or not partitions:
         return out
-    eligible = {tp: [m for m in members if tp.topic in m.topics] for tp in partitions}
+    rank = {m.member_id: i for i, m in enumerate(members)}
+    subscribers = {t: [m for m in members if t in m.topics] for t in layout}
+    eligible = {tp: subscribers[tp.topic] for tp in partitions}
     share = -(-len(partitions) // len(members))  # ceil: nobody keeps more than this
     taken: set[TopicPartition] = set()
     for member in members:
         for tp in sorted(member.target):
             if (
                 tp in eligible
-                and member in eligible[tp]
+                and tp.topic in member.topics
                 and len(out[member.member_id]) < share
                 and tp not in taken
             ):
@@ -342,7 +347,7 @@ def _uniform(members: list[Member], layout: dict[str, int]) -> dict[str, set[Top
     for tp in partitions:
         if tp in taken or not eligible[tp]:
             continue
-        chosen = min(eligible[tp], key=lambda m: (len(out[m.member_id]), members.index(m)))
+        chosen = min(eligible[tp], key=lambda m: (len(out[m.member_id]), rank[m.member_id]))
         out[chosen.member_id].add(tp)
     # Even out what stickiness left uneven: move from the fullest to the emptiest eligible member.
     while True:
@@ -351,7 +356,7 @@ def _uniform(members: list[Member], layout: dict[str, int]) -> dict[str, set[Top
         for tp in sorted(out[fullest.member_id]):
             candidates = [m for m in eligible[tp] if len(out[m.member_id]) + 1 < len(out[fullest.member_id])]
             if candidates:
-                target = min(candidates, key=lambda m: (len(out[m.member_id]), members.index(m)))
+                target = min(candidates, key=lambda m: (len(out[m.member_id]), rank[m.member_id]))
                 out[fullest.member_id].discard(tp)
                 out[target.member_id].add(tp)
                 moved = True
