@@ -1024,3 +1024,32 @@ def test_retried_batches_go_back_in_creation_order():
     acc.on_success(again[0])
     again, _ = acc.drain(now_ms=10_000)
     assert [b.base_sequence for b in again] == [1]
+
+
+def test_a_new_batch_waits_while_it_would_be_five_after_the_oldest_unsettled_one():
+    """Regression: with answers arriving out of order (separate HTTP connections), batches 1-4
+    succeeded while batch 0's answer was lost, so batch 5 went out; the leader then remembered 1-5
+    only, refused the retry of 0 as out of order, and a reset wrote batch 0 a second time."""
+    acc = accumulator(
+        batch_bytes_max=HEADER_SIZE + 100, max_in_flight=5, idempotent=True, delivery_timeout_ms=100_000
+    )
+    tp = ("t", 0)
+    for i in range(7):
+        acc.append(tp, (None, b"x" * 80, 0, ()), 90, i, now_ms=0)
+    ready, _ = acc.drain(now_ms=100)
+    assert [b.base_sequence for b in ready] == [0, 1, 2, 3, 4]
+    acc.on_success(ready[1])  # a later answer first: one request fewer in flight
+    assert acc.drain(now_ms=100)[0] == []  # but batch 5 would be the 6th since batch 0: wait
+    assert acc.next_wakeup_ms(100) == ready[0].deadline_ms  # no busy loop: an answer wakes the sender
+    assert isinstance(
+        acc.on_failure(ready[0], RaftkaConnectionError("n1:1", "lost answer"), now_ms=100), Retry
+    )
+    again, _ = acc.drain(now_ms=10_000)
+    assert again == []  # the retry of 0 waits for the others, and nothing new goes out
+    for batch in ready[2:]:
+        acc.on_success(batch)
+    again, _ = acc.drain(now_ms=10_000)
+    assert [b.base_sequence for b in again] == [0]  # the retry, alone
+    acc.on_success(again[0])
+    later, _ = acc.drain(now_ms=10_000)
+    assert [b.base_sequence for b in later] == [5, 6]

@@ -45,6 +45,10 @@ refused as out of order (42203) and nothing is appended. So:
   answer) fails without a reset: the next batch's answer settles it (appended: it follows; not:
   42203 at the lowest sequence, and a reset).
 
+A new batch is sent only while it is fewer than 5 batches after the partition's oldest batch not yet
+settled (acknowledged or failed for good), whatever `max_in_flight` allows: the leader remembers the
+last five batches, and the oldest one's retry must still find itself among them.
+
 Ordering: with idempotence, a partition's records are written in send order, retries included, with
 up to `max_in_flight` (at most 5) requests in flight: the node refuses a batch that arrives before
 its predecessor (concurrent HTTP requests travel on separate connections), and it is retried after
@@ -119,6 +123,7 @@ class ProducerBatch:
     encoded: bytes | None = None  # kept across retries: the bytes are the same every time
     producer_epoch: int = -1  # idempotence: set when first drained, kept through retries
     base_sequence: int = -1
+    batch_number: int = -1  # the partition's count of sequenced batches when this one got its sequence
     order: tuple = ()  # where the batch's records stand in its partition: (seq,), a split half adds (0,)/(1,)
 
     def __post_init__(self) -> None:
@@ -138,6 +143,8 @@ class PartitionSequence:
     next_sequence: int = 0
     reset_pending: bool = False
     in_flight: set = field(default_factory=set)  # the base sequences of the requests out now
+    next_number: int = 0  # batches given a sequence so far, counted
+    unacked: set = field(default_factory=set)  # numbers of the batches sent and not yet settled
 
 
 class Retry(NamedTuple):
@@ -287,25 +294,45 @@ class RecordAccumulator:
             state.reset_pending = False
             state.epoch += 1
             state.next_sequence = 0
+            state.unacked.clear()
             for queued in queue:
-                queued.producer_epoch = queued.base_sequence = -1
+                queued.producer_epoch = queued.base_sequence = queued.batch_number = -1
                 queued.encoded = None
         if batch.base_sequence < 0:
             if state.epoch > EPOCH_MAX:
                 return True  # the shell fails it: see epoch_exhausted
+            if self._window_full(state):
+                return False
             batch.producer_epoch = state.epoch
             batch.base_sequence = state.next_sequence
+            batch.batch_number = state.next_number
             batch.encoded = None
             state.next_sequence = (state.next_sequence + batch.record_count) % (SEQUENCE_MAX + 1)
+            state.next_number += 1
+            state.unacked.add(batch.batch_number)
         state.in_flight.add(batch.base_sequence)
         return True
+
+    @staticmethod
+    def _window_full(state: PartitionSequence) -> bool:
+        """Whether a new batch would be 5 or more batches after the oldest one not yet settled.
+
+        The leader remembers a producer's last five batches per partition; a retry of an older one is
+        refused as out of order (and would be renumbered by a reset: a duplicate). Requests travel on
+        separate HTTP connections, so later batches can succeed while an earlier one's answer is lost:
+        counting requests in flight is not enough, the distance from the oldest unsettled batch is."""
+        return bool(state.unacked) and state.next_number - min(state.unacked) >= IDEMPOTENT_IN_FLIGHT_MAX
 
     def _held_back(self, tp: TopicPartition, head: ProducerBatch) -> bool:
         """Idempotence: the head waits for the partition's requests to come back (not for a clock)."""
         if not self.idempotent or not self._in_flight.get(tp, 0):
             return False
         state = self._sequences.get(tp)
-        return bool(head.attempts or (state is not None and state.reset_pending))
+        if state is None:
+            return False
+        return bool(
+            head.attempts or state.reset_pending or (head.base_sequence < 0 and self._window_full(state))
+        )
 
     def epoch_exhausted(self, batch: ProducerBatch) -> ProducerFencedError | None:
         """The error for a batch of a partition whose epoch went past 32767 (None: it may be sent)."""
@@ -350,7 +377,9 @@ class RecordAccumulator:
             for part in parts:
                 self._requeue(queue, part)
             if sequenced:
-                self._sequences[batch.tp].reset_pending = True
+                state = self._sequences[batch.tp]
+                state.reset_pending = True
+                state.unacked.discard(batch.batch_number)
             return Split(parts)
         retriable = error.retriable
         if sequenced and isinstance(error, OutOfOrderSequenceError | UnknownProducerIdError):
@@ -437,6 +466,8 @@ class RecordAccumulator:
             self._sequences[batch.tp].in_flight.discard(batch.base_sequence)
 
     def _finish(self, batch: ProducerBatch) -> None:
+        if self.idempotent and batch.batch_number >= 0:
+            self._sequences[batch.tp].unacked.discard(batch.batch_number)
         self.buffered_bytes -= batch.size_bytes
         assert self.buffered_bytes >= 0, "buffered bytes went negative"
         left = self._incomplete[batch.seq] - 1
