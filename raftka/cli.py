@@ -717,6 +717,35 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-port", type=int, default=9401, help="HTTP port of node 1 (default 9401)")
     up.add_argument("--raft-port", type=int, default=9501, help="Raft port of node 1 (default 9501)")
     up.set_defaults(handler=None)
+
+    chaos = commands.add_parser("chaos", help="partition-tolerance experiments against a local cluster")
+    chaos_commands = chaos.add_subparsers(dest="chaos_command", metavar="ACTION", required=True)
+    chaos_run = chaos_commands.add_parser(
+        "run",
+        help="start a local cluster, run a workload under faults, check the history, write a report",
+        description=CHAOS_HELP,
+    )
+    chaos_run.add_argument("--nemesis", default="kill,pause", help="faults, comma-separated: kill, pause")
+    chaos_run.add_argument(
+        "--shapes",
+        default="one,leader,controller,minority,majority",
+        help="whom a fault hits, comma-separated: one, leader, controller, minority, majority",
+    )
+    chaos_run.add_argument("--duration", type=float, default=120, help="seconds of faults (default 120)")
+    chaos_run.add_argument("--fault-s", type=float, default=5, help="how long a fault holds (default 5)")
+    chaos_run.add_argument("--heal-s", type=float, default=5, help="quiet time between faults (default 5)")
+    chaos_run.add_argument("--out", default="report", help="report directory (default ./report)")
+    chaos_run.add_argument("--nodes", type=int, default=3, help="controller nodes (default 3)")
+    chaos_run.add_argument(
+        "--partitions", type=int, default=3, help="partitions of the queue topic (default 3)"
+    )
+    chaos_run.add_argument("--producers", type=int, default=2, help="producer processes (default 2)")
+    chaos_run.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    chaos_run.add_argument(
+        "--rate", type=float, default=50, help="values per second per producer (default 50)"
+    )
+    chaos_run.add_argument("--seed", type=int, default=1, help="seeds the choice of faults and targets")
+    chaos_run.set_defaults(handler=None)
     return parser
 
 
@@ -730,10 +759,59 @@ CONSUME_HELP = (
     "it reads the partitions the group assigns it, from the group's committed offsets, and commits what "
     "it printed (every 5 s and on exit)."
 )
+CHAOS_HELP = (
+    "Start a local cluster under OUT/cluster (free ports), producers and consumers of a queue topic, and a "
+    "nemesis that alternates HEAL_S of quiet with one fault held for FAULT_S, for DURATION seconds. Then "
+    "heal, drain every partition, check the history (lost, duplicated, moved or unexpected values, "
+    "inconsistent offsets, consumers going back or skipping) and write OUT/history.jsonl, OUT/verdict.json, "
+    "OUT/summary.txt and OUT/timeline.png. Exit status 0 when the history is valid, 1 when not."
+)
 RESET_HELP = (
     "Set the committed offsets of GROUP in a topic (all its partitions, or those named with --partition). "
     "The group must have no members. --dry-run shows the new offsets without changing them."
 )
+
+
+# -- chaos run ---------------------------------------------------------------------------------------
+
+
+def chaos_run(args: argparse.Namespace) -> int:
+    """`raftka chaos run`: one experiment (raftka/chaos/runner.py); 0 when the history is valid."""
+    from raftka.chaos.nemesis import FAULTS, SHAPES
+    from raftka.chaos.runner import Experiment, run
+    from raftka.local_cluster import free_ports
+
+    faults = [f.strip() for f in args.nemesis.split(",") if f.strip()]
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    bad = [f for f in faults if f not in FAULTS] + [s for s in shapes if s not in SHAPES]
+    if not faults or not shapes or bad:
+        return _error(
+            f"--nemesis takes {', '.join(FAULTS)} and --shapes {', '.join(SHAPES)}"
+            + (f"; unknown: {', '.join(bad)}" if bad else "")
+        )
+    if args.duration <= 0 or args.fault_s <= 0 or args.heal_s < 0 or args.nodes < 1 or args.partitions < 1:
+        return _error(
+            "--duration and --fault-s must be positive, --heal-s >= 0, --nodes and --partitions >= 1"
+        )
+    experiment = Experiment(
+        out=args.out,
+        nemesis=faults,
+        shapes=shapes,
+        duration_s=args.duration,
+        fault_s=args.fault_s,
+        heal_s=args.heal_s,
+        nodes=args.nodes,
+        partitions=args.partitions,
+        producers=args.producers,
+        consumers=args.consumers,
+        rate=args.rate,
+        seed=args.seed,
+    )
+    ports = free_ports(2 * args.nodes)
+    verdict = run(experiment, ports[: args.nodes], ports[args.nodes :])
+    with open(os.path.join(args.out, "summary.txt"), encoding="utf-8") as handle:
+        print(handle.read(), end="")
+    return 0 if verdict["valid"] else 1
 
 
 # -- cluster up ---------------------------------------------------------------------------------------
@@ -824,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
         return node_main([]) or 0
     if args.command == "cluster" and args.cluster_command == "up":
         return cluster_up(args)
+    if args.command == "chaos":
+        return chaos_run(args)
     bootstrap = getattr(args, "bootstrap", None) or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
     args.bootstrap = bootstrap
     try:

@@ -1,0 +1,1 @@
+"""Partition-tolerance experiments: faults (nemeses), a queue workload, a history checker, reports."""
