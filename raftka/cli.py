@@ -727,6 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos_run.add_argument("--nemesis", default="kill,pause", help="faults, comma-separated: kill, pause")
     chaos_run.add_argument(
+        "--workload",
+        default="queue,metadata",
+        help="workloads, comma-separated: queue, metadata (default both)",
+    )
+    chaos_run.add_argument(
         "--shapes",
         default="one,leader,controller,minority,majority",
         help="whom a fault hits, comma-separated: one, leader, controller, minority, majority",
@@ -783,10 +788,15 @@ def chaos_run(args: argparse.Namespace) -> int:
 
     faults = [f.strip() for f in args.nemesis.split(",") if f.strip()]
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    bad = [f for f in faults if f not in FAULTS] + [s for s in shapes if s not in SHAPES]
-    if not faults or not shapes or bad:
+    workloads = [w.strip() for w in args.workload.split(",") if w.strip()]
+    bad = (
+        [f for f in faults if f not in FAULTS]
+        + [s for s in shapes if s not in SHAPES]
+        + [w for w in workloads if w not in ("queue", "metadata")]
+    )
+    if not faults or not shapes or not workloads or bad:
         return _error(
-            f"--nemesis takes {', '.join(FAULTS)} and --shapes {', '.join(SHAPES)}"
+            f"--nemesis takes {', '.join(FAULTS)}, --shapes {', '.join(SHAPES)} and --workload queue, metadata"
             + (f"; unknown: {', '.join(bad)}" if bad else "")
         )
     if args.duration <= 0 or args.fault_s <= 0 or args.heal_s < 0 or args.nodes < 1 or args.partitions < 1:
@@ -806,6 +816,7 @@ def chaos_run(args: argparse.Namespace) -> int:
         consumers=args.consumers,
         rate=args.rate,
         seed=args.seed,
+        workloads=workloads,
     )
     ports = free_ports(2 * args.nodes)
     verdict = run(experiment, ports[: args.nodes], ports[args.nodes :])

@@ -3,12 +3,14 @@
 Steps:
 1. start a `LocalCluster` (`nodes` controller nodes, free ports, data under `<out>/cluster`), create the
    workload topic (`partitions` partitions, replication factor 3, min.insync.replicas 2);
-2. start the producer and consumer processes (raftka/chaos/workload.py) and the nemesis
-   (raftka/chaos/nemesis.py) for `duration_s`;
+2. start the workloads' processes (the queue's producers and consumers, raftka/chaos/workload.py;
+   the metadata workload's, raftka/chaos/metadata.py) and the nemesis (raftka/chaos/nemesis.py) for
+   `duration_s`;
 3. heal: stop the nemesis (its last fault heals), wait until every node is ready and every partition
    has a leader and a full ISR, let the producers finish what they have in flight, stop the consumers;
-4. final read: every partition through the API (its leader), then the cluster stops and each node's
-   own log of each partition is read from disk below the high watermark (one view per replica);
+4. final read: the metadata workload's topics (exist? retention.ms?), every queue partition through
+   the API (its leader), then the cluster stops and each node's own log of each partition is read
+   from disk below the high watermark (one view per replica);
 5. check the merged history (raftka/chaos/checker.py) and write `<out>/history.jsonl`,
    `<out>/verdict.json`, `<out>/summary.txt` and, where matplotlib is installed, `<out>/timeline.png`.
 
@@ -30,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from raftka.chaos import checker
+from raftka.chaos.metadata import check_metadata, final_state, metadata_main
 from raftka.chaos.nemesis import SHAPES, ProcessNemesis, wait_healthy
 from raftka.chaos.workload import EventLog, consumer_main, final_read_api, final_read_disk, producer_main
 from raftka.local_cluster import LocalCluster
@@ -52,6 +55,8 @@ class Experiment:
     producers: int = 2
     consumers: int = 2
     rate: float = 50.0  # values per second per producer
+    workloads: list[str] = field(default_factory=lambda: ["queue", "metadata"])
+    metadata_processes: int = 2
     seed: int = 1
     node_args: tuple[str, ...] = ()
 
@@ -94,7 +99,11 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
             args = (number, bootstrap, TOPIC, GROUP, experiment.out, started_at, consume_stop)
             workers.append(context.Process(target=consumer_main, args=args, daemon=True))
         producers = []
-        for number in range(experiment.producers):
+        if "metadata" in experiment.workloads:
+            for number in range(experiment.metadata_processes):
+                args = (number, bootstrap, experiment.out, started_at, produce_stop, experiment.seed)
+                producers.append(context.Process(target=metadata_main, args=args, daemon=True))
+        for number in range(experiment.producers if "queue" in experiment.workloads else 0):
             args = (
                 number,
                 bootstrap,
@@ -131,6 +140,14 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         for worker in workers:
             worker.join(30)
         record(type="phase", f="final-read")
+        if "metadata" in experiment.workloads:
+            names = sorted({e["topic"] for e in merge(experiment.out) if e.get("f") == "metadata"})
+            record(
+                type="ok",
+                f="metadata-final",
+                process="final",
+                topics=final_state(cluster.nodes[0].address, names),
+            )
         views = final_read_api(cluster.nodes[0].address, TOPIC, experiment.partitions)
         for view in views:
             record(type="ok", f="final-read", process="final", **view)
@@ -159,6 +176,9 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         nemesis_log.close()
     history = merge(experiment.out)
     verdict = checker.check(history)
+    if "metadata" in experiment.workloads:
+        verdict["metadata"] = check_metadata(history)
+        verdict["valid"] = verdict["valid"] and verdict["metadata"]["valid"]
     verdict["experiment"] = {k: v for k, v in experiment.__dict__.items() if k not in ("node_args",)} | {
         "node_args": list(experiment.node_args)
     }
@@ -209,6 +229,14 @@ def write_report(out: str, history: list[dict], verdict: dict) -> None:
     with open(os.path.join(out, "verdict.json"), "w", encoding="utf-8") as handle:
         json.dump(verdict, handle, indent=2, default=str)
     summary = checker.summarize(verdict)
+    if "metadata" in verdict:
+        meta = verdict["metadata"]
+        summary += (
+            f"\nmetadata: {'valid' if meta['valid'] else 'INVALID'}; operations {meta['counts']}; "
+            f"anomalies {meta['anomaly_count']}\n"
+        )
+        for anomaly in meta["anomalies"][:5]:
+            summary += f"  {anomaly}\n"
     png = timeline(out, history)
     summary += f"\ntimeline: {png}\n" if png else "\ntimeline: not drawn (matplotlib is not installed)\n"
     with open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as handle:
