@@ -6,7 +6,8 @@ record every operation in a history (raftka/chaos/checker.py reads it).
   waiting, and records `invoke`, then `ok` (partition, offset), `fail` (refused: surely not written)
   or `info` (outcome unknown: a delivery timeout, the producer closing).
 - A consumer process is a member of the experiment's group; it records each poll's records and each
-  change of its assignment, and commits after each poll (the records are "processed" once recorded).
+  change of its assignment (from the consumer's rebalance callbacks, as they happen), and commits
+  after each poll (the records are "processed" once recorded).
 - The final read drains every partition from its log start to its high watermark through the API,
   and each node's own log from disk after the cluster stopped (one view per replica).
 
@@ -135,6 +136,19 @@ async def _consume(
 ) -> None:
     process = f"c{number}"
     events = EventLog(os.path.join(out, f"events-{process}.jsonl"), started_at)
+    owned: set[int] = set()
+
+    def changed(gained: bool):
+        """Record each change of the assignment as it happens, inside poll(): a partition lost and
+        given back within one poll must show as two changes (the consumer may restart it elsewhere)."""
+
+        def callback(partitions) -> None:
+            for tp in partitions:
+                (owned.add if gained else owned.discard)(tp.partition)
+            events.write(type="ok", f="assign", process=process, partitions=sorted(owned))
+
+        return callback
+
     consumer = Consumer(
         bootstrap,
         group=group,
@@ -142,8 +156,10 @@ async def _consume(
         auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=5_000,
+        on_assigned=changed(True),
+        on_revoked=changed(False),
+        on_lost=changed(False),
     )
-    owned: list[int] = []
     try:
         while not os.path.exists(stop):
             try:
@@ -152,10 +168,6 @@ async def _consume(
                 events.write(type="info", f="poll", process=process, error=repr(exc))
                 await asyncio.sleep(0.2)
                 continue
-            now_owned = sorted(tp.partition for tp in consumer.assignment())
-            if now_owned != owned:
-                owned = now_owned
-                events.write(type="ok", f="assign", process=process, partitions=owned)
             if records:
                 events.write(
                     type="ok",
