@@ -196,10 +196,15 @@ class LocalCluster:
         return self.nodes[node_id - 1]
 
     def start(self, wait_s: float | None = 60.0) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
-        if wait_s is not None:
-            self.wait_ready(wait_s)
+        """Start every node (and wait until all are ready); on failure kill those started, then raise."""
+        try:
+            for node in self.nodes:
+                node.start()
+            if wait_s is not None:
+                self.wait_ready(wait_s)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float, nodes: list[LocalNode] | None = None) -> None:
