@@ -725,7 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local cluster, run a workload under faults, check the history, write a report",
         description=CHAOS_HELP,
     )
-    chaos_run.add_argument("--nemesis", default="kill,pause", help="faults, comma-separated: kill, pause")
+    chaos_run.add_argument(
+        "--nemesis",
+        default="kill,pause",
+        help="faults, comma-separated: kill, pause, partition (root: namespaces)",
+    )
     chaos_run.add_argument(
         "--workload",
         default="queue,metadata",
@@ -734,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_run.add_argument(
         "--shapes",
         default="one,leader,controller,minority,majority",
-        help="whom a fault hits, comma-separated: one, leader, controller, minority, majority",
+        help="whom a fault hits, comma-separated: one, leader, controller, minority, majority, ring",
     )
     chaos_run.add_argument("--duration", type=float, default=120, help="seconds of faults (default 120)")
     chaos_run.add_argument("--fault-s", type=float, default=5, help="how long a fault holds (default 5)")

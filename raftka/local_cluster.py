@@ -52,8 +52,12 @@ class LocalNode:
         self._pump: threading.Thread | None = None
 
     @property
+    def host(self) -> str:
+        return self.cluster.hosts[self.node_id - 1]
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def url(self) -> str:
@@ -69,6 +73,7 @@ class LocalNode:
 
     def args(self) -> list[str]:
         args = [
+            *self.cluster.prefixes[self.node_id - 1],
             sys.executable,
             "-m",
             "node",
@@ -84,7 +89,7 @@ class LocalNode:
             self.cluster.password_file,
         ]
         if self.is_controller:
-            args += ["--raft-listen", f"127.0.0.1:{self.raft_port}"]
+            args += ["--raft-listen", f"{self.host}:{self.raft_port}"]
         else:
             args += ["--roles", "broker"]
         return args + list(self.cluster.extra_args)
@@ -163,7 +168,11 @@ class LocalCluster:
         raft_ports: list[int] | None = None,
         extra_args: tuple[str, ...] = (),
         on_line: Callable[[LocalNode, str], None] | None = None,
+        hosts: list[str] | None = None,
+        prefixes: list[list[str]] | None = None,
     ):
+        """`hosts`: each node's address (default 127.0.0.1); `prefixes`: a command each node's process
+        runs under (e.g. `ip netns exec NAME`, raftka/chaos/netns.py), default none."""
         if controllers < 1:
             raise ValueError("a cluster needs at least one controller")
         total = controllers + brokers
@@ -173,6 +182,10 @@ class LocalCluster:
             raise ValueError("not enough ports for the nodes")
         self.data_dir = os.path.abspath(data_dir)
         self.extra_args = extra_args
+        self.hosts = hosts or ["127.0.0.1"] * total
+        self.prefixes = prefixes or [[] for _ in range(total)]
+        if len(self.hosts) < total or len(self.prefixes) < total:
+            raise ValueError("a host and a prefix for each node are needed")
         self.on_line = on_line
         os.makedirs(self.data_dir, exist_ok=True)
         self.password_file = os.path.join(self.data_dir, "raft-password")
@@ -185,7 +198,7 @@ class LocalCluster:
             for i in range(total)
         ]
         self.controllers = ",".join(
-            f"{n.node_id}@127.0.0.1:{n.raft_port}" for n in self.nodes if n.is_controller
+            f"{n.node_id}@{n.host}:{n.raft_port}" for n in self.nodes if n.is_controller
         )
 
     @property

@@ -15,7 +15,11 @@ from raftka.local_cluster import free_ports
 
 @pytest.mark.parametrize(
     ("nemesis", "shapes"),
-    [("kill", ["leader", "controller", "minority"]), ("pause", ["leader", "majority", "one"])],
+    [
+        ("kill", ["leader", "controller", "minority"]),
+        ("pause", ["leader", "majority", "one"]),
+        ("partition", ["leader", "majority", "ring"]),  # network namespaces: CI runs as root
+    ],
 )
 def test_a_short_experiment_finds_no_anomaly(tmp_path, nemesis, shapes):
     out = str(tmp_path / "report")

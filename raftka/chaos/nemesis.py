@@ -8,11 +8,15 @@ fault picks its targets by a *shape*, with the experiment's seeded random genera
 
 - `one`: a random node; `leader`: the leader of a random partition of the workload's topic;
   `controller`: the active controller; `minority`: a random minority of the nodes (1 of 3);
-  `majority`: a random majority (2 of 3).
+  `majority`: a random majority (2 of 3); `ring` (partitions only; one node for the others).
 
 Faults:
 - `kill`: SIGKILL the targets; healing starts them again (same data directory).
 - `pause`: SIGSTOP the targets; healing sends SIGCONT.
+- `partition`: the nodes run in network namespaces (raftka/chaos/netns.py); the targets are cut off
+  from the other nodes in both directions (`minority`/`majority`: the two halves), or, with the
+  `ring` shape, each node keeps only its two neighbours; healing removes every cut. Clients keep
+  reaching every node.
 
 Every start and stop is an event in the history (`{"type": "nemesis", "f": "start"|"stop", "fault",
 "shape", "targets"}`), so the checker can measure availability in and after each fault window.
@@ -32,8 +36,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-FAULTS = ("kill", "pause")
-SHAPES = ("one", "leader", "controller", "minority", "majority")
+from raftka.chaos.netns import partition_pairs
+
+FAULTS = ("kill", "pause", "partition")
+SHAPES = ("one", "leader", "controller", "minority", "majority", "ring")
 
 
 def plan(
@@ -50,7 +56,7 @@ def plan(
         return sorted(rng.sample(ids, (len(ids) - 1) // 2 or 1))
     if shape == "majority":
         return sorted(rng.sample(ids, len(ids) // 2 + 1))
-    if shape == "one":
+    if shape in ("one", "ring"):  # a ring has no targets of its own: for the others, one node
         return [rng.choice(ids)]
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
@@ -66,7 +72,9 @@ class ProcessNemesis:
         record: Callable[..., None],
         fault_s: float,
         heal_s: float,
+        network=None,
     ):
+        """`network`: a raftka/chaos/netns.py Network the nodes run in (needed by `partition`)."""
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
@@ -74,6 +82,9 @@ class ProcessNemesis:
         self.faults, self.shapes = faults, shapes
         self.rng, self.record = rng, record
         self.fault_s, self.heal_s = fault_s, heal_s
+        self.network = network
+        if "partition" in faults and network is None:
+            raise ValueError("the partition fault needs the nodes in network namespaces (a Network)")
         self.stop_event = threading.Event()
         self.windows = 0
         self.thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
@@ -97,16 +108,22 @@ class ProcessNemesis:
             if fault == "kill":
                 for node in nodes:
                     node.kill()
-            else:
+            elif fault == "pause":
                 for node in nodes:
                     node.signal(signal.SIGSTOP)
+            else:
+                kind = "ring" if shape == "ring" else "isolate"
+                for source, target in partition_pairs(kind, targets, [n.node_id for n in self.cluster.nodes]):
+                    self.network.cut(source, target)
             self.stop_event.wait(self.fault_s)
             if fault == "kill":
                 for node in nodes:
                     node.start()
-            else:
+            elif fault == "pause":
                 for node in nodes:
                     node.signal(signal.SIGCONT)
+            else:
+                self.network.heal()
             self.record(type="nemesis", f="stop", fault=fault, shape=shape, targets=targets)
             self.windows += 1
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from raftka.chaos import checker
 from raftka.chaos.metadata import check_metadata, final_state, metadata_main
 from raftka.chaos.nemesis import SHAPES, ProcessNemesis, wait_healthy
+from raftka.chaos.netns import Network
 from raftka.chaos.workload import EventLog, consumer_main, final_read_api, final_read_disk, producer_main
 from raftka.local_cluster import LocalCluster
 
@@ -68,12 +69,16 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         os.remove(stale)
     cluster_dir = os.path.join(experiment.out, "cluster")
     shutil.rmtree(cluster_dir, ignore_errors=True)
+    network = Network(experiment.nodes).setup() if "partition" in experiment.nemesis else None
+    nodes = range(1, experiment.nodes + 1)
     cluster = LocalCluster(
         cluster_dir,
         controllers=experiment.nodes,
         http_ports=http_ports,
         raft_ports=raft_ports,
         extra_args=experiment.node_args,
+        hosts=None if network is None else [network.host(i) for i in nodes],
+        prefixes=None if network is None else [network.prefix(i) for i in nodes],
     )
     started_at = time.time()
     nemesis_log = EventLog(os.path.join(experiment.out, "events-nemesis.jsonl"), started_at)
@@ -127,6 +132,7 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
             record,
             experiment.fault_s,
             experiment.heal_s,
+            network,
         ).start()
         time.sleep(experiment.duration_s)
         nemesis.stop()
@@ -173,6 +179,8 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
             if worker.is_alive():
                 worker.kill()
         cluster.kill()
+        if network is not None:
+            network.teardown()
         nemesis_log.close()
     history = merge(experiment.out)
     verdict = checker.check(history)
