@@ -823,7 +823,10 @@ def chaos_run(args: argparse.Namespace) -> int:
         workloads=workloads,
     )
     ports = free_ports(2 * args.nodes)
-    verdict = run(experiment, ports[: args.nodes], ports[args.nodes :])
+    try:
+        verdict = run(experiment, ports[: args.nodes], ports[args.nodes :])
+    except RuntimeError as exc:  # no namespaces (not root), a node that would not start, no healing
+        return _error(f"chaos run: {exc} (node logs under {os.path.join(args.out, 'cluster')})")
     with open(os.path.join(args.out, "summary.txt"), encoding="utf-8") as handle:
         print(handle.read(), end="")
     return 0 if verdict["valid"] else 1

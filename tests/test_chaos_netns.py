@@ -4,11 +4,13 @@ and iproute2, as the partition nemesis does (CI runs as root)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 from raftka.chaos.netns import Network, partition_pairs
+from raftka.local_cluster import ROOT
 
 
 def test_isolating_cuts_both_directions_and_a_ring_keeps_the_neighbours():
@@ -62,3 +64,31 @@ def test_a_cut_drops_one_direction_between_nodes_and_never_the_clients():
         network.teardown()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert network.namespace(1) not in listed
+
+
+def test_without_namespaces_the_partition_run_fails_on_one_line(tmp_path):
+    """Where `ip` refuses (not root), `raftka chaos run --nemesis partition` says why and exits 1."""
+    fake = tmp_path / "ip"
+    fake.write_text("#!/bin/sh\necho 'RTNETLINK answers: Operation not permitted' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    command = [
+        sys.executable,
+        "-m",
+        "raftka.cli",
+        "chaos",
+        "run",
+        "--nemesis",
+        "partition",
+        "--duration",
+        "1",
+    ]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "raftka: error: chaos run: cannot make network namespaces"
+    ), lines
+    assert "Operation not permitted" in lines[0]
