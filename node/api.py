@@ -30,7 +30,7 @@ from metadata.commands import (
 from metadata.controller import plan_alter_partition
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
-from node.errors import ApiError
+from node.errors import ApiError, refuse_unknown_fields
 from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, encode_fetch_response
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
@@ -147,9 +147,7 @@ class Handlers:
 
     async def create_topic(self, request: web.Request) -> web.Response:
         document = await read_json_object(request)
-        unknown = set(document) - {"name", "partitions", "replication_factor", "configs"}
-        if unknown:
-            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(document, {"name", "partitions", "replication_factor", "configs"})
         if "name" not in document:
             raise ApiError(42201, "name is required")
         config = self.node.config
@@ -270,9 +268,7 @@ class Handlers:
         name = request.match_info["topic"]
         document = await read_json_object(request)
         self.controller_or_forward(request)
-        unknown = set(document) - {"partitions", "configs", "delete_configs"}
-        if unknown:
-            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(document, {"partitions", "configs", "delete_configs"})
         image = self.node.store.image
         with metadata_errors():  # check the whole request before changing anything
             if "partitions" in document:

@@ -47,3 +47,13 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error_code": self.error_code, "message": self.message, **self.extra}
+
+
+def refuse_unknown_fields(fields, allowed, subject: str | None = None) -> None:
+    """ApiError 42201 naming the fields of `fields` that are not `allowed` (`subject`: whose they are)."""
+    unknown = set(fields) - set(allowed)
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise ApiError(
+            42201, f"{subject} has unknown field(s): {names}" if subject else f"unknown field(s): {names}"
+        )

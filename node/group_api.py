@@ -17,7 +17,7 @@ from aiohttp import web
 
 from node.api import json_response, query_int, read_json_object
 from node.coordinator import OFFSETS_TOPIC, GroupCoordinator, group_error
-from node.errors import ApiError
+from node.errors import ApiError, refuse_unknown_fields
 from node.forward import call
 from node.groups import GroupError, TopicPartition
 
@@ -91,9 +91,7 @@ class GroupHandlers:
     async def join(self, request: web.Request) -> web.Response:
         document = await read_json_object(request)
         group_id = group_name(request)
-        unknown = set(document) - {"topics", "instance_id", "assignor"}
-        if unknown:
-            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(document, {"topics", "instance_id", "assignor"})
         topics = document.get("topics")
         if not isinstance(topics, list) or not topics or not all(isinstance(t, str) and t for t in topics):
             raise ApiError(42201, "topics must be a non-empty list of topic names")
@@ -156,9 +154,7 @@ class GroupHandlers:
     async def commit(self, request: web.Request) -> web.Response:
         document = await read_json_object(request)
         group_id = group_name(request)
-        unknown = set(document) - {"member_id", "member_epoch", "offsets"}
-        if unknown:
-            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(document, {"member_id", "member_epoch", "offsets"})
         entries = self._offset_entries(document.get("offsets"))
         timeout_s = self.api.produce_timeout_s(request)
         partition = await self._coordinator_partition(request, group_id)
@@ -229,9 +225,7 @@ class GroupHandlers:
     async def reset_offsets(self, request: web.Request) -> web.Response:
         document = await read_json_object(request)
         group_id = group_name(request)
-        unknown = set(document) - {"topic", "partitions", "to", "offset", "timestamp_ms", "dry_run"}
-        if unknown:
-            raise ApiError(42201, f"unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(document, {"topic", "partitions", "to", "offset", "timestamp_ms", "dry_run"})
         topic = document.get("topic")
         if not isinstance(topic, str) or topic not in self.node.store.image.topics:
             raise ApiError(40401 if isinstance(topic, str) else 42201, f"topic {topic!r} is not a topic here")

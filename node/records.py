@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from node.errors import ApiError
+from node.errors import ApiError, refuse_unknown_fields
 from storage.record_batch import INT64_MAX, NewRecord, Record
 
 RECORDS_PER_REQUEST_MAX = 100_000
@@ -67,9 +67,7 @@ def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
         raise ApiError(40001, f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "records" not in document:
         raise ApiError(42201, 'request body must be an object with a "records" list')
-    unknown = set(document) - _BODY_FIELDS
-    if unknown:
-        raise ApiError(42201, f"request body has unknown field(s): {', '.join(sorted(unknown))}")
+    refuse_unknown_fields(document, _BODY_FIELDS, "request body")
     producer = None
     given = [name for name in _PRODUCER_FIELDS if name in document]
     if given:
@@ -97,9 +95,7 @@ def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
         where = f"records[{index}]"
         if not isinstance(item, dict):
             raise ApiError(42201, f"{where} must be an object")
-        unknown = set(item) - _RECORD_FIELDS
-        if unknown:
-            raise ApiError(42201, f"{where} has unknown field(s): {', '.join(sorted(unknown))}")
+        refuse_unknown_fields(item, _RECORD_FIELDS, where)
         partition = item.get("partition")
         if partition is not None:
             if not allow_partition:

@@ -16,9 +16,8 @@ import time
 import xxhash
 
 from raftka.local_cluster import LocalCluster
-from tests.nodeproc import free_port
 from tests.test_cluster import request, wait_for
-from tests.test_replication_cluster import REPLICATION_ARGS, wait_state
+from tests.test_replication_cluster import REPLICATION_ARGS, make_cluster, wait_state
 
 GROUP_ARGS = (
     *REPLICATION_ARGS,
@@ -101,13 +100,7 @@ def committed(node, group: str) -> dict[int, int]:
 
 
 def test_a_group_shares_partitions_keeps_offsets_and_survives_coordinator_and_member_failures(tmp_path):
-    cluster = LocalCluster(
-        str(tmp_path / "cluster"),
-        controllers=3,
-        http_ports=[free_port() for _ in range(3)],
-        raft_ports=[free_port() for _ in range(3)],
-        extra_args=GROUP_ARGS,
-    ).start()
+    cluster = make_cluster(tmp_path, extra_args=GROUP_ARGS).start()
     try:
         entry = cluster.nodes[0]
         body = {"name": TOPIC, "partitions": 6, "replication_factor": 3}

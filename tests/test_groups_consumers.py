@@ -18,10 +18,8 @@ import os
 import time
 
 from raftka import Consumer, SyncProducer
-from raftka.local_cluster import LocalCluster
-from tests.nodeproc import free_port
 from tests.test_cluster import request, wait_for
-from tests.test_replication_cluster import REPLICATION_ARGS
+from tests.test_replication_cluster import REPLICATION_ARGS, make_cluster
 
 GROUP_ARGS = (*REPLICATION_ARGS, "--group-heartbeat-interval-ms", "200", "--group-session-timeout-ms", "2000")
 TOPIC = "work"
@@ -102,13 +100,7 @@ def assignment_sizes(node) -> list[int]:
 
 
 def test_consumer_processes_share_partitions_and_consume_every_record(tmp_path):
-    cluster = LocalCluster(
-        str(tmp_path / "cluster"),
-        controllers=3,
-        http_ports=[free_port() for _ in range(3)],
-        raft_ports=[free_port() for _ in range(3)],
-        extra_args=GROUP_ARGS,
-    ).start()
+    cluster = make_cluster(tmp_path, extra_args=GROUP_ARGS).start()
     procs = []
     try:
         bootstrap = [n.address for n in cluster.nodes]

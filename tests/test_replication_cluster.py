@@ -47,14 +47,16 @@ REPLICATION_ARGS = (*FAST, "--replica-lag-time-max-ms", "2000")
 MIN_ISR_2 = {"min.insync.replicas": "2"}
 
 
-def make_cluster(path, controllers: int = 3, brokers: int = 0) -> LocalCluster:
+def make_cluster(
+    path, controllers: int = 3, brokers: int = 0, extra_args: tuple[str, ...] = REPLICATION_ARGS
+) -> LocalCluster:
     return LocalCluster(
         str(path / "cluster"),
         controllers=controllers,
         brokers=brokers,
         http_ports=[free_port() for _ in range(controllers + brokers)],
         raft_ports=[free_port() for _ in range(controllers)],
-        extra_args=REPLICATION_ARGS,
+        extra_args=extra_args,
     )
 
 
