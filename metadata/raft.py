@@ -41,6 +41,8 @@ from typing import Any
 import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj import tcp_connection as pysyncobj_tcp_connection
+from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.node import TCPNode
 
 from metadata.commands import MetadataError, apply, command_from_dict, command_to_dict
 from metadata.image import MetadataImage
@@ -121,6 +123,28 @@ class MetadataStateMachine(SyncObjConsumer):
         return self.image.version
 
 
+class RoutedNode(TCPNode):
+    """A peer known by its own address but reached through another one (a proxy).
+
+    pysyncobj names a node by its address: the dialing side sends its own address first and the
+    receiver looks it up among its peers, so identities must stay the real addresses; only where
+    the connection goes changes (pysyncobj dials `node.ip`, `node.port`).
+    """
+
+    def __init__(self, address: str, via: str):
+        super().__init__(address)
+        host, _, port = via.rpartition(":")
+        self._via_host, self._via_port = host.strip("[]"), int(port)
+
+    @property
+    def ip(self) -> str:
+        return globalDnsResolver().resolve(self._via_host)
+
+    @property
+    def port(self) -> int:
+        return self._via_port
+
+
 class RaftMetadataStore:
     def __init__(
         self,
@@ -133,9 +157,12 @@ class RaftMetadataStore:
         propose_timeout_s: float = 10.0,
         raft_min_timeout_s: float = 0.4,
         raft_max_timeout_s: float = 1.4,
+        routes: dict[str, str] | None = None,
     ):
         """`self_address` is this voter's entry in `voters` (None for a read-only member); the
-        other voters are its peers. Must be created on the event loop it reports to."""
+        other voters are its peers. Must be created on the event loop it reports to. `routes` maps a
+        peer's address to the address to dial instead (a proxy, for fault experiments); the peer keeps
+        its own address as its identity."""
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.self_address = self_address
@@ -149,7 +176,8 @@ class RaftMetadataStore:
         self.image = MetadataImage()
         self.image_changed = asyncio.Event()
         self._machine = MetadataStateMachine(self._on_applied)
-        peers = [v for v in self.voters if v != self_address]
+        routes = routes or {}
+        peers = [RoutedNode(v, routes[v]) if v in routes else v for v in self.voters if v != self_address]
         conf = SyncObjConf(
             journalFile=os.path.join(directory, JOURNAL_FILE),
             fullDumpFile=os.path.join(directory, DUMP_FILE),

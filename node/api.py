@@ -388,7 +388,7 @@ class Handlers:
         self, target: ForwardTo, topic: str, index: int, batch: bytes, acks: str, timeout_s: float
     ) -> int:
         """Append one encoded batch on the partition's leader; its first offset."""
-        url = f"http://{target.address}/v1/topics/{quote(topic, safe='')}/partitions/{index}/records?acks={acks}"
+        url = f"http://{self.node.config.dial(target.address)}/v1/topics/{quote(topic, safe='')}/partitions/{index}/records?acks={acks}"
         if acks == "all":
             url += f"&timeout_ms={int(timeout_s * 1000)}"
         headers = {"Content-Type": BATCH_CONTENT_TYPE, FORWARDED_HEADER: str(self.node.config.node_id)}

@@ -78,6 +78,11 @@ class NodeConfig:
     # Raft election timeouts (pysyncobj's raftMinTimeout/raftMaxTimeout, in ms).
     raft_election_min_ms: int = 400
     raft_election_max_ms: int = 1400
+    # For fault experiments (docs/reliability.md): "ADDRESS=VIA,..." makes this node dial VIA whenever it
+    # would connect to ADDRESS, a controller's Raft address or a broker's advertised HTTP address. The
+    # chaos tooling points each node-to-node link at its own proxy this way; clients are not affected
+    # and the other nodes still know this node by its own addresses.
+    connect_via: str | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -108,6 +113,15 @@ class NodeConfig:
             return None
         return self.raft_listen or self.voters[self.node_id]
 
+    @property
+    def routes(self) -> dict[str, str]:
+        """`connect_via` as {address: address to dial instead}."""
+        return parse_connect_via(self.connect_via) if self.connect_via else {}
+
+    def dial(self, address: str) -> str:
+        """The address this node connects to when it wants to reach `address`."""
+        return self.routes.get(address, address) if self.connect_via else address
+
     def password(self) -> str | None:
         """The Raft password from --raft-password or the file --raft-password-file names."""
         if self.raft_password:
@@ -136,6 +150,23 @@ def parse_controllers(text: str) -> dict[int, str]:
             raise ValueError(f"controllers: address {address} is listed twice")
         voters[int(node)] = address.strip()
     return voters
+
+
+def parse_connect_via(text: str) -> dict[str, str]:
+    """ "h:p=h2:p2,..." -> {"h:p": "h2:p2"}; ValueError naming the bad part."""
+    routes: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        address, sep, via = (side.strip() for side in part.partition("="))
+        if not sep:
+            raise ValueError(
+                f"connect_via: {part!r} is not ADDRESS=VIA (e.g. 127.0.0.1:9093=127.0.0.1:21001)"
+            )
+        split_host_port(address, f"connect_via entry {part!r}")
+        split_host_port(via, f"connect_via entry {part!r}")
+        if address in routes:
+            raise ValueError(f"connect_via: {address} is listed twice")
+        routes[address] = via
+    return routes
 
 
 def split_host_port(value: str, name: str) -> tuple[str, int]:
@@ -284,5 +315,6 @@ def _validate(config: NodeConfig) -> None:
         raise ValueError("producer_id_expiration_ms must be at least 1000")
     if config.heartbeat_interval_ms < 50 or config.session_timeout_ms < 2 * config.heartbeat_interval_ms:
         raise ValueError("session_timeout_ms must be at least twice heartbeat_interval_ms (>= 50)")
+    config.routes  # noqa: B018 - raises ValueError for a malformed connect_via
     if not 50 <= config.raft_election_min_ms < config.raft_election_max_ms:
         raise ValueError("raft_election_min_ms must be at least 50 and below raft_election_max_ms")

@@ -173,7 +173,7 @@ class ReplicaFetcher:
 
     async def _connect(self, address: str) -> aiohttp.ClientWebSocketResponse:
         return await self.node.http.ws_connect(
-            f"http://{address}{STREAM_PATH}",
+            f"http://{self.node.config.dial(address)}{STREAM_PATH}",
             headers={FORWARDED_HEADER: str(self.node.config.node_id)},
             max_msg_size=0,  # a leader's answer holds up to replica_fetch_max_bytes per partition
             compress=0,

@@ -56,7 +56,7 @@ async def forward(node, request: web.Request, target: ForwardTo) -> web.Response
     headers[FORWARDED_HEADER] = str(node.config.node_id)
     wait_ms = _int_query(request, "max_wait_ms")
     timeout = aiohttp.ClientTimeout(total=30 + wait_ms / 1000)
-    url = f"http://{target.address}{request.path_qs}"
+    url = f"http://{node.config.dial(target.address)}{request.path_qs}"
     try:
         async with node.http.request(
             request.method, url, data=body, headers=headers, timeout=timeout
@@ -93,7 +93,7 @@ async def call(
 ):
     """One JSON request to another node: (status, decoded body, headers); ApiError `unreachable_code`
     when it cannot be reached."""
-    url = f"http://{address}{path}"
+    url = f"http://{node.config.dial(address)}{path}"
     try:
         async with node.http.request(
             method,

@@ -44,6 +44,7 @@ from node.lifecycle import BrokerLifecycle
 from node.metrics import NodeMetrics
 from node.producer_ids import ProducerIds
 from node.replica import ReplicaManager
+from raftka.client._http import send_once
 from storage.cleaner import LogCleaner
 from storage.fileio import write_atomic
 from storage.manager import LogManager
@@ -179,7 +180,9 @@ class Node:
         except OSError as exc:
             raise ListenError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
         log.info("listening on http://%s:%d (node %d, roles %s)", host, port, config.node_id, config.roles)
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        # Node-to-node requests go out once: a forwarded DELETE whose answer was lost must not be
+        # resent by aiohttp (the client gets 50303 "may still apply" and decides).
+        self.http = send_once(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)))
         self.log_manager = await loop.run_in_executor(
             None,
             lambda: LogManager(
@@ -211,6 +214,7 @@ class Node:
             password=password,
             raft_min_timeout_s=config.raft_election_min_ms / 1000,
             raft_max_timeout_s=config.raft_election_max_ms / 1000,
+            routes=config.routes,
         )
         log.info(
             "metadata: %s of the quorum %s",

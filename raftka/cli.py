@@ -728,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_run.add_argument(
         "--nemesis",
         default="kill,pause",
-        help="faults, comma-separated: kill, pause, partition (root: namespaces)",
+        help="faults, comma-separated: kill, pause, partition (root: namespaces), link-cut, link-slow, "
+        "link-bandwidth, link-half-open, link-reset, link-limit (Toxiproxy; not with partition)",
     )
     chaos_run.add_argument(
         "--workload",
@@ -802,6 +803,10 @@ def chaos_run(args: argparse.Namespace) -> int:
         return _error(
             f"--nemesis takes {', '.join(FAULTS)}, --shapes {', '.join(SHAPES)} and --workload queue, metadata"
             + (f"; unknown: {', '.join(bad)}" if bad else "")
+        )
+    if "partition" in faults and any(f.startswith("link-") for f in faults):
+        return _error(
+            "--nemesis: partition and link-* faults cannot share a run (namespaced nodes cannot reach the proxies)"
         )
     if args.duration <= 0 or args.fault_s <= 0 or args.heal_s < 0 or args.nodes < 1 or args.partitions < 1:
         return _error(

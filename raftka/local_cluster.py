@@ -92,7 +92,7 @@ class LocalNode:
             args += ["--raft-listen", f"{self.host}:{self.raft_port}"]
         else:
             args += ["--roles", "broker"]
-        return args + list(self.cluster.extra_args)
+        return args + list(self.cluster.extra_args) + list(self.cluster.node_args.get(self.node_id, ()))
 
     def start(self) -> LocalNode:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -170,9 +170,11 @@ class LocalCluster:
         on_line: Callable[[LocalNode, str], None] | None = None,
         hosts: list[str] | None = None,
         prefixes: list[list[str]] | None = None,
+        node_args: dict[int, list[str]] | None = None,
     ):
         """`hosts`: each node's address (default 127.0.0.1); `prefixes`: a command each node's process
-        runs under (e.g. `ip netns exec NAME`, raftka/chaos/netns.py), default none."""
+        runs under (e.g. `ip netns exec NAME`, raftka/chaos/netns.py), default none; `node_args`: more
+        arguments for one node (by node id) after `extra_args`."""
         if controllers < 1:
             raise ValueError("a cluster needs at least one controller")
         total = controllers + brokers
@@ -182,6 +184,7 @@ class LocalCluster:
             raise ValueError("not enough ports for the nodes")
         self.data_dir = os.path.abspath(data_dir)
         self.extra_args = extra_args
+        self.node_args = node_args or {}
         self.hosts = hosts or ["127.0.0.1"] * total
         self.prefixes = prefixes or [[] for _ in range(total)]
         if len(self.hosts) < total or len(self.prefixes) < total:

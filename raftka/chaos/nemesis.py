@@ -17,6 +17,9 @@ Faults:
   from the other nodes in both directions (`minority`/`majority`: the two halves), or, with the
   `ring` shape, each node keeps only its two neighbours; healing removes every cut. Clients keep
   reaching every node.
+- `link-*` (raftka/chaos/links.py): the same shapes, on the Toxiproxy proxies every node-to-node
+  connection goes through: cut, slow, throttled, half-open, reset or closed after a byte limit;
+  except for `link-cut`, one direction or both (the event's `direction`). Healing removes them all.
 
 Every start and stop is an event in the history (`{"type": "nemesis", "f": "start"|"stop", "fault",
 "shape", "targets"}`), so the checker can measure availability in and after each fault window.
@@ -36,9 +39,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+from raftka.chaos.links import LINK_FAULTS, fault_pairs
 from raftka.chaos.netns import partition_pairs
 
-FAULTS = ("kill", "pause", "partition")
+FAULTS = ("kill", "pause", "partition", *LINK_FAULTS)
 SHAPES = ("one", "leader", "controller", "minority", "majority", "ring")
 
 
@@ -73,8 +77,10 @@ class ProcessNemesis:
         fault_s: float,
         heal_s: float,
         network=None,
+        links=None,
     ):
-        """`network`: a raftka/chaos/netns.py Network the nodes run in (needed by `partition`)."""
+        """`network`: a raftka/chaos/netns.py Network the nodes run in (needed by `partition`);
+        `links`: a raftka/chaos/links.py Links the nodes connect through (needed by `link-*`)."""
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
@@ -82,9 +88,11 @@ class ProcessNemesis:
         self.faults, self.shapes = faults, shapes
         self.rng, self.record = rng, record
         self.fault_s, self.heal_s = fault_s, heal_s
-        self.network = network
+        self.network, self.links = network, links
         if "partition" in faults and network is None:
             raise ValueError("the partition fault needs the nodes in network namespaces (a Network)")
+        if any(f in LINK_FAULTS for f in faults) and links is None:
+            raise ValueError("link faults need the nodes connected through Toxiproxy (a Links)")
         self.stop_event = threading.Event()
         self.windows = 0
         self.thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
@@ -102,10 +110,18 @@ class ProcessNemesis:
         while not self.stop_event.wait(self.heal_s):
             fault = self.rng.choice(self.faults)
             shape = self.rng.choice(self.shapes)
-            targets = plan(shape, self.rng, [n.node_id for n in self.cluster.nodes], *self._view())
-            self.record(type="nemesis", f="start", fault=fault, shape=shape, targets=targets)
+            ids = [n.node_id for n in self.cluster.nodes]
+            targets = plan(shape, self.rng, ids, *self._view())
+            detail = {}
+            if fault in LINK_FAULTS:
+                both = fault == "link-cut" or self.rng.random() < 0.5
+                pairs = fault_pairs(shape, targets, ids, both)
+                detail = {"direction": "both" if both else "one", "links": [list(p) for p in pairs]}
+            self.record(type="nemesis", f="start", fault=fault, shape=shape, targets=targets, **detail)
             nodes = [self.cluster.node(i) for i in targets]
-            if fault == "kill":
+            if fault in LINK_FAULTS:
+                self.links.apply(fault, pairs)
+            elif fault == "kill":
                 for node in nodes:
                     node.kill()
             elif fault == "pause":
@@ -116,7 +132,9 @@ class ProcessNemesis:
                 for source, target in partition_pairs(kind, targets, [n.node_id for n in self.cluster.nodes]):
                     self.network.cut(source, target)
             self.stop_event.wait(self.fault_s)
-            if fault == "kill":
+            if fault in LINK_FAULTS:
+                self.links.heal()
+            elif fault == "kill":
                 for node in nodes:
                     node.start()
             elif fault == "pause":

@@ -32,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from raftka.chaos import checker
+from raftka.chaos.links import LINK_FAULTS, Links, ToxiproxyServer, find_server, install_server
 from raftka.chaos.metadata import check_metadata, final_state, metadata_main
 from raftka.chaos.nemesis import SHAPES, ProcessNemesis, wait_healthy
 from raftka.chaos.netns import Network
@@ -69,8 +70,14 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         os.remove(stale)
     cluster_dir = os.path.join(experiment.out, "cluster")
     shutil.rmtree(cluster_dir, ignore_errors=True)
-    network = Network(experiment.nodes).setup() if "partition" in experiment.nemesis else None
     nodes = range(1, experiment.nodes + 1)
+    server, links = _links(experiment, http_ports, raft_ports)
+    try:
+        network = Network(experiment.nodes).setup() if "partition" in experiment.nemesis else None
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     cluster = LocalCluster(
         cluster_dir,
         controllers=experiment.nodes,
@@ -79,6 +86,7 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         extra_args=experiment.node_args,
         hosts=None if network is None else [network.host(i) for i in nodes],
         prefixes=None if network is None else [network.prefix(i) for i in nodes],
+        node_args=None if links is None else {i: ["--connect-via", links.connect_via(i)] for i in nodes},
     )
     started_at = time.time()
     nemesis_log = EventLog(os.path.join(experiment.out, "events-nemesis.jsonl"), started_at)
@@ -133,6 +141,7 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
             experiment.fault_s,
             experiment.heal_s,
             network,
+            links,
         ).start()
         time.sleep(experiment.duration_s)
         nemesis.stop()
@@ -181,6 +190,8 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
         cluster.kill()
         if network is not None:
             network.teardown()
+        if server is not None:
+            server.stop()
         nemesis_log.close()
     history = merge(experiment.out)
     verdict = checker.check(history)
@@ -192,6 +203,29 @@ def run(experiment: Experiment, http_ports: list[int], raft_ports: list[int]) ->
     }
     write_report(experiment.out, history, verdict)
     return verdict
+
+
+def _links(experiment: Experiment, http_ports: list[int], raft_ports: list[int]):
+    """(Toxiproxy server, Links) when the experiment has link faults, else (None, None). The server is
+    installed first if it is missing (Go needed); RuntimeError says why it cannot run."""
+    if not any(f in LINK_FAULTS for f in experiment.nemesis):
+        return None, None
+    if "partition" in experiment.nemesis:
+        raise RuntimeError(
+            "partition and link-* faults cannot share a run: the nodes in network namespaces cannot reach "
+            "the proxies on 127.0.0.1"
+        )
+    binary = find_server() or install_server()
+    server = ToxiproxyServer(binary, os.path.join(experiment.out, "toxiproxy.log")).start()
+    try:
+        addresses = {
+            i: (f"127.0.0.1:{http_ports[i - 1]}", f"127.0.0.1:{raft_ports[i - 1]}")
+            for i in range(1, experiment.nodes + 1)
+        }
+        return server, Links(server, addresses).setup()
+    except BaseException:
+        server.stop()
+        raise
 
 
 def _create_topic(cluster: LocalCluster, experiment: Experiment) -> None:

@@ -72,6 +72,18 @@ def topic_path(topic: str, *rest: object) -> str:
     return path
 
 
+def send_once(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """The session, with aiohttp's own resend of GET, PUT and DELETE after a broken connection off.
+
+    A request whose answer was lost may have been applied: a topic deleted, a config set. Sent again
+    by aiohttp, the delete comes back as 40401 and the caller would record "nothing happened" for a
+    change that happened. Every caller here decides retries itself, knowing the outcome is unknown.
+    (aiohttp has no public switch for it; tests/test_send_once.py fails if this one stops working.)
+    """
+    session._retry_connection = False
+    return session
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
@@ -109,7 +121,9 @@ class HttpTransport:
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._connections_max, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+            self._session = send_once(
+                aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+            )
             self._owns_session = True
         return self._session
 
