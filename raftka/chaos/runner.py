@@ -323,10 +323,11 @@ def timeline(out: str, history: list[dict]) -> str | None:
     bottom.set_yscale("log")
     bottom.set_ylabel("send latency (ms)")
     bottom.set_xlabel("seconds since start")
-    for begin, finish, label in windows:
+    for number, (begin, finish, label) in enumerate(windows):
         for axis in (top, bottom):
             axis.axvspan(begin, finish, color="tab:red", alpha=0.15)
-        top.text(begin, max(per_second or [1]), label, fontsize=7, va="top")
+        height = max(per_second or [1]) * (1 - 0.1 * (number % 3))  # staggered: neighbours do not overlap
+        top.text(begin, height, label, fontsize=7, va="top")
     figure.tight_layout()
     path = os.path.join(out, "timeline.png")
     figure.savefig(path, dpi=100)
