@@ -19,6 +19,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from metadata.image import NO_LEADER, BrokerInfo, MetadataImage, PartitionInfo, TopicInfo, _frozen
+from metadata.schemas import (
+    REGISTRY_COMMAND_TYPES,
+    REGISTRY_COMMANDS,
+    apply_registry,
+    registry_command_from_dict,
+)
 from metadata.topic_config import CONFIGS, InvalidConfigError, validate_configs
 from storage.manager import validate_topic_name
 
@@ -175,7 +181,10 @@ def command_to_dict(command: Any) -> dict[str, Any]:
 def command_from_dict(data: dict[str, Any]) -> Any:
     """The command of `command_to_dict`'s form (raises KeyError/TypeError for anything else)."""
     fields = dict(data)
-    cls = COMMANDS[fields.pop("type")]
+    kind = fields.pop("type")
+    if kind in REGISTRY_COMMANDS:  # the schema registry's own (metadata/schemas.py)
+        return registry_command_from_dict(kind, fields)
+    cls = COMMANDS[kind]
     if "assignments" in fields:
         fields["assignments"] = tuple(tuple(a) for a in fields["assignments"])
     if "changes" in fields:
@@ -240,6 +249,8 @@ def _apply(image: MetadataImage, command: Any) -> MetadataImage:
         return changed.with_brokers({**changed.brokers, command.node_id: broker})
     if isinstance(command, ChangePartitions):
         return _apply_changes(image, command.changes)
+    if isinstance(command, REGISTRY_COMMAND_TYPES):
+        return replace(image, schema_registry=apply_registry(image.schema_registry, command))
     topic = image.topics.get(getattr(command, "name", None))
     if isinstance(command, CreateTopic):
         if topic is not None:

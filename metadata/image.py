@@ -10,6 +10,7 @@ in the same order holds the same image, and a test can check the image without R
 `version` counts the commands applied (the metadata offset a node reports); `controller_id` and
 `controller_epoch` name the controller whose activation was applied last: its epoch is the Raft term
 it was elected in, and commands from any other epoch are ignored when applied (fencing).
+`schema_registry` is the embedded schema registry's state (metadata/schemas.py).
 
 Thread-safety: immutable, so safe to share; holders swap the whole image.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
+
+from metadata.schemas import RegistryState
 
 NO_LEADER = -1
 
@@ -82,6 +85,7 @@ class MetadataImage:
     controller_epoch: int = 0
     next_producer_id: int = 0  # the first id of the next producer-id block
     cluster_id: str = ""  # chosen by the first controller, never changed
+    schema_registry: RegistryState = field(default_factory=RegistryState)  # metadata/schemas.py
 
     def topic(self, name: str) -> TopicInfo | None:
         return self.topics.get(name)
@@ -117,6 +121,7 @@ class MetadataImage:
                 }
                 for b in self.brokers.values()
             ],
+            "schema_registry": self.schema_registry.to_dict(),
         }
 
     @classmethod
@@ -154,6 +159,7 @@ class MetadataImage:
             int(data.get("controller_epoch", 0)),
             int(data.get("next_producer_id", 0)),
             str(data.get("cluster_id", "")),
+            RegistryState.from_dict(data.get("schema_registry")),  # absent in snapshots from before it
         )
 
 

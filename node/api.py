@@ -30,6 +30,7 @@ from metadata.commands import (
 from metadata.controller import plan_alter_partition
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
+from node.avro_json import avro_decoder, schema_lookup
 from node.errors import ApiError, refuse_unknown_fields
 from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, encode_fetch_response
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
@@ -302,7 +303,9 @@ class Handlers:
 
     async def produce(self, request: web.Request) -> web.Response:
         acks = parse_acks(request)
-        entries = parse_produce_body(await read_body(request), allow_partition=True).entries
+        entries = parse_produce_body(
+            await read_body(request), allow_partition=True, schemas=self.schema_lookup()
+        ).entries
         topic = await self.node.topic_for_produce(request.match_info["topic"])
         count = len(topic.partitions)
         sticky = next(self._sticky) % count
@@ -444,7 +447,9 @@ class Handlers:
                 41501,
                 f"Content-Type {kind!r} is not accepted: use {JSON_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}",
             )
-        body = parse_produce_body(await read_body(request), allow_partition=False)
+        body = parse_produce_body(
+            await read_body(request), allow_partition=False, schemas=self.schema_lookup()
+        )
         topic = await self.node.topic_for_produce(request.match_info["topic"])
         if index >= len(topic.partitions):
             raise ApiError(
@@ -464,6 +469,10 @@ class Handlers:
             {"offsets": [{"partition": p, "offset": o} for p, o in offsets], "duplicate": duplicate}
         )
 
+    def schema_lookup(self):
+        """Schemas for produce bodies that name one (node/avro_json.py)."""
+        return schema_lookup(self.node.store.image.schema_registry)
+
     # fetch
 
     async def fetch(self, request: web.Request) -> web.Response:
@@ -476,6 +485,9 @@ class Handlers:
         max_wait_ms = query_int(request, "max_wait_ms", 500, 0, config.fetch_wait_max_ms)
         min_bytes = query_int(request, "min_bytes", 1, 0, config.fetch_bytes_max)
         encoding = request.query.get("encoding", "auto")
+        decode = request.query.get("decode", "none")
+        if decode not in ("none", "avro"):
+            raise ApiError(42201, f"decode must be none or avro, got {decode!r}")
         if encoding not in ("auto", "base64"):
             raise ApiError(42201, f"encoding must be auto or base64, got {encoding!r}")
         result = await partition.fetch(offset, max_bytes, min_bytes, max_wait_ms)
@@ -490,10 +502,11 @@ class Handlers:
                 headers=fetch_headers(result, next_offset),
             )
         records = []
+        decoder = avro_decoder(self.node.store.image.schema_registry) if decode == "avro" else None
         for header, view in iter_batches(result.data, verify=False):
             for record in decode_records(view, header):
                 if record.offset >= offset:
-                    records.append(record_to_json(record, base64_only=encoding == "base64"))
+                    records.append(record_to_json(record, base64_only=encoding == "base64", decode=decoder))
         return json_response(
             {
                 "records": records,
@@ -897,6 +910,9 @@ def build_app(node) -> web.Application:
     from node.group_api import add_group_routes  # it builds on this module's helpers
 
     add_group_routes(app, node, h)
+    from node.registry_api import add_registry_routes  # Confluent's Schema Registry API, at the root
+
+    add_registry_routes(app, node, h)
     app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
     app.router.add_get(STREAM_PATH, h.replica_stream)
     app.on_shutdown.append(h.close_streams)

@@ -63,7 +63,10 @@ def openapi_document() -> dict[str, Any]:
             "title": "Raftka HTTP API",
             "version": "1",
             "description": "Produce, fetch and manage topics. Errors are {error_code, message}; the HTTP status is "
-            "the first three digits of the error code.\n\n" + (ERROR_TABLE or ""),
+            "the first three digits of the error code. The same port serves the embedded schema registry's "
+            "Confluent Schema Registry API at its root (/subjects, /schemas, /config, /mode, /compatibility), "
+            "with Confluent's error codes; it is described in docs/schema-registry.md, not here.\n\n"
+            + (ERROR_TABLE or ""),
         },
         "paths": {
             "/v1/topics": {
@@ -259,6 +262,13 @@ def openapi_document() -> dict[str, Any]:
                             {"type": "string", "enum": ["auto", "base64"], "default": "auto"},
                             "auto: UTF-8 keys as strings, JSON values as JSON, other bytes as *_b64; base64: always *_b64",
                         ),
+                        _param(
+                            "decode",
+                            "query",
+                            {"type": "string", "enum": ["none", "avro"], "default": "none"},
+                            "avro: keys and values in Confluent's wire format with a registered schema id come "
+                            "back as Avro JSON, with key_schema_id / value_schema_id (docs/schema-registry.md)",
+                        ),
                     ],
                     "responses": {
                         "200": {
@@ -380,9 +390,12 @@ def _schemas() -> dict[str, Any]:
         "ProduceRecord": {
             "type": "object",
             "properties": {
-                "key": {**nullable_string, "description": "UTF-8 key; null = no key"},
+                "key": {"description": "UTF-8 key (a string); null = no key; any JSON with a key schema"},
                 "key_b64": {"type": "string", "description": "raw key bytes, base64 (instead of key)"},
-                "value": {"description": "any JSON, stored as its JSON encoding; null = tombstone"},
+                "value": {
+                    "description": "any JSON, stored as its JSON encoding (or, with a value schema, as Avro in "
+                    "Confluent's wire format); null = tombstone"
+                },
                 "value_b64": {"type": "string", "description": "raw value bytes, base64 (instead of value)"},
                 "headers": {"type": "object", "additionalProperties": nullable_string},
                 "partition": {"type": "integer", "minimum": 0},
@@ -405,6 +418,15 @@ def _schemas() -> dict[str, Any]:
                     "type": "integer",
                     "minimum": 0,
                     "description": "the first record's sequence; the records take the next ones",
+                },
+                **{
+                    f"{part}_{how}": {
+                        "type": kind,
+                        "description": f"encode each {part} with this registered Avro schema "
+                        + ("(an id)" if how == "schema_id" else "(the subject's latest version)"),
+                    }
+                    for part in ("key", "value")
+                    for how, kind in (("schema_id", "integer"), ("subject", "string"))
                 },
             },
             "additionalProperties": False,
@@ -516,6 +538,10 @@ def _schemas() -> dict[str, Any]:
                 "key_b64": {"type": "string"},
                 "value": {},
                 "value_b64": {"type": "string"},
+                "key_schema_id": {"type": "integer", "description": "decode=avro: the key's schema id"},
+                "value_schema_id": {"type": "integer", "description": "decode=avro: the value's schema id"},
+                "key_decode_error": {"type": "string"},
+                "value_decode_error": {"type": "string"},
                 "headers": {"type": "object"},
                 "headers_b64": {"type": "object"},
             },

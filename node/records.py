@@ -5,13 +5,18 @@ encoding (orjson), `value_b64` as raw bytes, `null` as a tombstone; header value
 null. Fetch goes the other way: a key that is valid UTF-8 comes back as a string, otherwise as
 `key_b64`; a value that is valid JSON comes back as JSON (so everything produced as JSON does),
 otherwise as `value_b64`; `?encoding=base64` returns every key and value as base64 instead.
+
+With a schema (`key_schema_id`/`key_subject`, `value_schema_id`/`value_subject` beside "records"), keys
+or values are JSON checked against that registered Avro schema and stored in Confluent's wire format
+(node/avro_json.py); `?decode=avro` on fetch turns such bytes back into JSON.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -21,7 +26,8 @@ from storage.record_batch import INT64_MAX, NewRecord, Record
 RECORDS_PER_REQUEST_MAX = 100_000
 _RECORD_FIELDS = frozenset({"key", "key_b64", "value", "value_b64", "headers", "partition", "timestamp_ms"})
 _PRODUCER_FIELDS = ("producer_id", "producer_epoch", "base_sequence")
-_BODY_FIELDS = frozenset({"records", *_PRODUCER_FIELDS})
+_SCHEMA_FIELDS = ("key_schema_id", "key_subject", "value_schema_id", "value_subject")
+_BODY_FIELDS = frozenset({"records", *_PRODUCER_FIELDS, *_SCHEMA_FIELDS})
 INT16_MAX = 2**15 - 1
 INT32_MAX = 2**31 - 1
 
@@ -52,15 +58,27 @@ def check_producer_fields(producer_id: int, producer_epoch: int, base_sequence: 
         raise ApiError(42201, f"base_sequence must be 0..{INT32_MAX} with a producer_id, got {base_sequence}")
 
 
+class Encoder(Protocol):
+    def encode(self, value: Any, where: str) -> bytes: ...
+
+
+# (part "key" or "value", schema id given, subject given) -> the encoder; raises ApiError 42201.
+SchemaLookup = Callable[[str, object, object], Encoder]
+# bytes -> (JSON value, schema id), None when not for it; ValueError when it should be but is broken.
+Decoder = Callable[[bytes], "tuple[Any, int] | None"]
+
+
 class ProduceBody(NamedTuple):
     entries: list[tuple[int | None, NewRecord]]  # (partition or None, record)
     producer: ProducerFields | None
 
 
-def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
+def parse_produce_body(
+    body: bytes, *, allow_partition: bool, schemas: SchemaLookup | None = None
+) -> ProduceBody:
     """The records of a JSON produce body, each with its partition or None, and the idempotent
     producer's fields when given (the partition route only: `allow_partition` False); ApiError 42201
-    names the field."""
+    names the field. `schemas` finds the encoders of keys or values given with a schema."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -83,6 +101,7 @@ def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
             if isinstance(document[name], bool) or not isinstance(document[name], int):
                 raise ApiError(42201, f"{name} must be an integer")
         producer = ProducerFields(*(document[name] for name in _PRODUCER_FIELDS))
+    encoders = {part: _encoder(document, part, schemas) for part in ("key", "value")}
     records = document["records"]
     if not isinstance(records, list) or not records:
         raise ApiError(42201, '"records" must be a non-empty list')
@@ -107,17 +126,36 @@ def parse_produce_body(body: bytes, *, allow_partition: bool) -> ProduceBody:
             isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp <= INT64_MAX
         ):
             raise ApiError(42201, f"{where}.timestamp_ms must be a non-negative integer (ms since the epoch)")
-        key = _bytes_field(item, "key", where, json_value=False)
-        value = _bytes_field(item, "value", where, json_value=True)
+        key = _bytes_field(item, "key", where, json_value=False, encoder=encoders["key"])
+        value = _bytes_field(item, "value", where, json_value=True, encoder=encoders["value"])
         headers = _headers(item.get("headers"), where)
         out.append((partition, NewRecord(key, value, timestamp, headers)))
     return ProduceBody(out, producer)
 
 
-def _bytes_field(item: dict, name: str, where: str, *, json_value: bool) -> bytes | None:
+def _encoder(document: dict, part: str, schemas: SchemaLookup | None) -> Encoder | None:
+    schema_id, subject = document.get(f"{part}_schema_id"), document.get(f"{part}_subject")
+    if schema_id is None and subject is None:
+        return None
+    if schemas is None:
+        raise ApiError(42201, f"{part}_schema_id and {part}_subject are not accepted on this route")
+    return schemas(part, schema_id, subject)
+
+
+def _bytes_field(
+    item: dict, name: str, where: str, *, json_value: bool, encoder: Encoder | None = None
+) -> bytes | None:
     b64_name = f"{name}_b64"
     if name in item and b64_name in item:
         raise ApiError(42201, f"{where} has both {name} and {b64_name}; give one")
+    if encoder is not None:
+        if b64_name in item:
+            raise ApiError(
+                42201,
+                f"{where}.{b64_name}: with a {name} schema, give {name} as JSON (the schema encodes it)",
+            )
+        raw = item.get(name)
+        return None if raw is None else encoder.encode(raw, f"{where}.{name}")
     if b64_name in item:
         raw = item[b64_name]
         if raw is None:
@@ -151,10 +189,13 @@ def _headers(raw: object, where: str) -> tuple[tuple[str, bytes | None], ...]:
     return tuple(out)
 
 
-def record_to_json(record: Record, *, base64_only: bool = False) -> dict[str, Any]:
+def record_to_json(
+    record: Record, *, base64_only: bool = False, decode: Decoder | None = None
+) -> dict[str, Any]:
+    """`decode`: keys and values it recognises come back decoded, with `key_schema_id`/`value_schema_id`."""
     out: dict[str, Any] = {"offset": record.offset, "timestamp_ms": record.timestamp_ms}
-    _put(out, "key", record.key, base64_only, as_json=False)
-    _put(out, "value", record.value, base64_only, as_json=True)
+    _put(out, "key", record.key, base64_only, as_json=False, decode=decode)
+    _put(out, "value", record.value, base64_only, as_json=True, decode=decode)
     if record.headers:
         headers: dict[str, Any] = {}
         headers_b64: dict[str, str] = {}
@@ -174,10 +215,27 @@ def record_to_json(record: Record, *, base64_only: bool = False) -> dict[str, An
     return out
 
 
-def _put(out: dict[str, Any], name: str, data: bytes | None, base64_only: bool, *, as_json: bool) -> None:
+def _put(
+    out: dict[str, Any],
+    name: str,
+    data: bytes | None,
+    base64_only: bool,
+    *,
+    as_json: bool,
+    decode: Decoder | None = None,
+) -> None:
     if data is None:
         out[name] = None
         return
+    if decode is not None:
+        try:
+            decoded = decode(data)
+        except ValueError as exc:  # framed for a known schema but not a value of it: shown as it is
+            out[f"{name}_decode_error"] = str(exc)
+        else:
+            if decoded is not None:
+                out[name], out[f"{name}_schema_id"] = decoded
+                return
     if not base64_only:
         if as_json:
             try:

@@ -8,6 +8,8 @@ See docs/client.md for the client and docs/cli.md for the command line.
 
 from raftka.client import (
     Admin,
+    AvroDeserializer,
+    AvroSerializer,
     BrokerDescription,
     BytesDeserializer,
     BytesSerializer,
@@ -25,6 +27,9 @@ from raftka.client import (
     PartitionOffsets,
     Producer,
     RecordMetadata,
+    RegisteredSchema,
+    SchemaRegistryClient,
+    SchemaRegistryError,
     Serializer,
     StringDeserializer,
     StringSerializer,
@@ -55,6 +60,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Admin",
+    "AvroDeserializer",
+    "AvroSerializer",
     "BrokerDescription",
     "BytesDeserializer",
     "BytesSerializer",
@@ -79,6 +86,9 @@ __all__ = [
     "RaftkaConnectionError",
     "RaftkaError",
     "RecordMetadata",
+    "RegisteredSchema",
+    "SchemaRegistryClient",
+    "SchemaRegistryError",
     "Serializer",
     "StringDeserializer",
     "StringSerializer",

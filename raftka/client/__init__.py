@@ -29,7 +29,10 @@ from raftka.client.errors import (
     UnknownMemberError,
 )
 from raftka.client.producer import Producer, RecordMetadata
+from raftka.client.schema_registry import RegisteredSchema, SchemaRegistryClient, SchemaRegistryError
 from raftka.client.serializers import (
+    AvroDeserializer,
+    AvroSerializer,
     BytesDeserializer,
     BytesSerializer,
     Deserializer,
@@ -42,6 +45,8 @@ from raftka.client.serializers import (
 
 __all__ = [
     "Admin",
+    "AvroDeserializer",
+    "AvroSerializer",
     "BrokerDescription",
     "BytesDeserializer",
     "BytesSerializer",
@@ -65,6 +70,9 @@ __all__ = [
     "Producer",
     "RaftkaError",
     "RecordMetadata",
+    "RegisteredSchema",
+    "SchemaRegistryClient",
+    "SchemaRegistryError",
     "Serializer",
     "StaleMemberEpochError",
     "StringDeserializer",
