@@ -216,12 +216,14 @@ class RegisterSchema:
 
 @dataclass(frozen=True, slots=True)
 class DeleteSchemaVersions:
-    """Soft-delete the given live versions of `subject`, or (permanent) remove soft-deleted ones."""
+    """Soft-delete the given live versions of `subject`, or (permanent) remove soft-deleted ones.
+    `clear_settings`: the subject's own level and mode go too (a soft delete of the whole subject)."""
 
     subject: str
     versions: tuple[int, ...]
     permanent: bool = False
     controller_epoch: int = 0
+    clear_settings: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,15 +328,19 @@ def _delete(state: RegistryState, command: DeleteSchemaVersions) -> RegistryStat
     if command.permanent:
         # Only soft-deleted versions go for good (Confluent's two-step delete).
         versions = tuple(v for v in info.versions if not (v.version in targets and v.deleted))
-        if not versions and info.versions:
-            # The whole subject is gone: its own settings go with it.
-            return replace(
-                state, subjects=_frozen({n: s for n, s in state.subjects.items() if n != info.name})
-            )
+        if not versions and info.versions:  # the whole subject is gone: its own settings go with it
+            return _with_subject(state, SubjectInfo(info.name))
         return _with_subject(state, replace(info, versions=versions))
     versions = tuple(replace(v, deleted=True) if v.version in targets else v for v in info.versions)
-    return _with_subject(state, replace(info, versions=versions))
+    changed = replace(info, versions=versions)
+    if command.clear_settings:
+        changed = replace(changed, compatibility=None, mode=None)
+    return _with_subject(state, changed)
 
 
 def _with_subject(state: RegistryState, info: SubjectInfo) -> RegistryState:
+    """The state with `info` for its subject; a subject left with no version and no setting of its
+    own is dropped (clearing a level set on a subject never registered leaves nothing behind)."""
+    if not info.versions and info.compatibility is None and info.mode is None:
+        return replace(state, subjects=_frozen({n: s for n, s in state.subjects.items() if n != info.name}))
     return replace(state, subjects=_frozen({**state.subjects, info.name: info}))

@@ -11,8 +11,8 @@ The JSON form is Avro's own JSON encoding (the Avro specification's, as avro-too
 console consumer print it): a union value other than null is an object with one member named after
 its branch (`{"string": "x"}`, `{"com.example.Address": {...}}`), bytes and fixed are strings whose
 code points 0-255 are the bytes, an enum is its symbol, and a logical type is its underlying type
-(a timestamp-millis is a long, a decimal is bytes). Fetch answers in exactly that form, so what is
-fetched can be produced again unchanged. Produce also takes two conveniences: a union value without
+(a timestamp-millis is a long, a decimal is bytes). Fetch answers in exactly that form, union
+branches named as the bytes name them, so what is fetched can be produced again unchanged. Produce also takes two conveniences: a union value without
 the wrapping object goes to the first branch that can hold it, and a record field that is missing
 takes the field's default.
 
@@ -98,6 +98,18 @@ class AvroCodec:
         self.wrapper = fastavro.parse_schema(_without_logical_types(wrapper), named_schemas=self.named)
         self.root = self.wrapper["fields"][0]["type"]
         self.header = HEADER.pack(MAGIC_BYTE, schema_id)
+        # The decoding schema: the same bytes, each union branch that is not a named type wrapped in a
+        # one-field record of its own name, so that fastavro names the branch it read (an int and a
+        # long, or a float and a double, decode to one Python type; the branch is in the bytes).
+        counter = iter(range(2**31))
+        decode_named: dict[str, Any] = {}
+        for item in dependencies:
+            fastavro.parse_schema(
+                _tag_branches(_without_logical_types(item), counter), named_schemas=decode_named
+            )
+        self.decode_wrapper = fastavro.parse_schema(
+            _tag_branches(_without_logical_types(wrapper), counter), named_schemas=decode_named
+        )
 
     # -- JSON -> wire format ---------------------------------------------------------------------------
 
@@ -249,7 +261,7 @@ class AvroCodec:
         the payload is not a value of this schema."""
         stream = io.BytesIO(payload)
         try:
-            datum = fastavro.schemaless_reader(stream, self.wrapper, None, return_named_type=True)["v"]
+            datum = fastavro.schemaless_reader(stream, self.decode_wrapper, None, return_named_type=True)["v"]
         except (EOFError, ValueError, IndexError, TypeError, UnicodeDecodeError, OverflowError) as exc:
             raise ValueError(f"not a value of schema {self.schema_id}: {type(exc).__name__} {exc}") from None
         if stream.tell() != len(payload):
@@ -276,37 +288,62 @@ class AvroCodec:
     def _union_to_json(self, branches: list, datum: Any) -> Any:
         if datum is None:
             return None
-        if isinstance(datum, tuple):  # a named type, tagged by fastavro (return_named_type)
-            name, inner = datum
+        name, inner = datum  # fastavro names the branch it read (see decode_wrapper)
+        index = _tagged_branch(name)
+        if index is not None:
+            branch, inner = branches[index], inner["v"]
+        else:  # a named type
             branch = next(b for b in branches if self._branch_name(b) == name)
-            return {name: self.to_json(branch, inner)}
-        for branch in branches:
-            name = self._branch_name(branch)
-            if _holds(name, datum):
-                return {name: self.to_json(branch, datum)}
-        raise ValueError(f"a union value {datum!r} fits none of its branches")
+        return {self._branch_name(branch): self.to_json(branch, inner)}
 
 
-def _holds(kind: str, datum: Any) -> bool:
-    """Whether a primitive branch (or array, map) could have produced this decoded datum; int and long
-    (float and double) both decode to one Python type, so the first branch that holds it is named."""
-    if kind == "boolean":
-        return isinstance(datum, bool)
-    if kind == "int":
-        return isinstance(datum, int) and not isinstance(datum, bool) and INT_MIN <= datum <= INT_MAX
-    if kind == "long":
-        return isinstance(datum, int) and not isinstance(datum, bool)
-    if kind in ("float", "double"):
-        return isinstance(datum, float)
-    if kind == "string":
-        return isinstance(datum, str)
-    if kind == "bytes":
-        return isinstance(datum, bytes)
+BRANCH_TAG = "RaftkaBranch"  # + "<n>_<branch index>__": the records of _tag_branches
+
+
+def _is_named(schema: Any) -> bool:
+    if isinstance(schema, str):
+        return schema not in PRIMITIVES
+    return isinstance(schema, dict) and schema.get("type") in NAMED
+
+
+def _tag_branches(schema: Any, counter) -> Any:
+    """`schema` with each union branch other than null and the named types wrapped in a record with
+    one field "v" of that branch's type, named after the branch's index. A record's encoding is its
+    fields' encodings in order, so the bytes are the same and the reader names the branch."""
+    if isinstance(schema, list):
+        out = []
+        for index, branch in enumerate(schema):
+            tagged = _tag_branches(branch, counter)
+            if branch == "null" or _is_named(branch):
+                out.append(tagged)
+            else:
+                name = f"{BRANCH_TAG}{next(counter)}_{index}__"
+                out.append({"type": "record", "name": name, "fields": [{"name": "v", "type": tagged}]})
+        return out
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    if kind in ("record", "error"):
+        fields = [  # defaults dropped: a reader with the writer's own schema never uses them
+            {**{k: v for k, v in f.items() if k != "default"}, "type": _tag_branches(f["type"], counter)}
+            for f in schema.get("fields", [])
+        ]
+        return {**schema, "fields": fields}
     if kind == "array":
-        return isinstance(datum, list)
+        return {**schema, "items": _tag_branches(schema["items"], counter)}
     if kind == "map":
-        return isinstance(datum, dict)
-    return False
+        return {**schema, "values": _tag_branches(schema["values"], counter)}
+    if isinstance(kind, (dict, list)):
+        return {**schema, "type": _tag_branches(kind, counter)}
+    return schema
+
+
+def _tagged_branch(name: str) -> int | None:
+    """The branch index a record name of _tag_branches carries (its namespace dropped), else None."""
+    short = name.rpartition(".")[2]
+    if not (short.startswith(BRANCH_TAG) and short.endswith("__")):
+        return None
+    return int(short[len(BRANCH_TAG) : -2].partition("_")[2])
 
 
 _codecs: OrderedDict[tuple, AvroCodec] = OrderedDict()

@@ -8,13 +8,15 @@ that return Confluent-shaped answers or raise `MetadataError` with Confluent's e
 command to propose with every choice made:
 
 - Canonical text. A schema is stored as its JSON made compact (whitespace dropped, keys and order as
-  given), so the same schema sent twice is the same text; with `normalize=true` it is first put in a
-  normal form (the keys of each schema object sorted, `{"type": "int"}` written `"int"`), so schemas
-  that differ only in how they are written become one. The text must be an Avro schema that both
-  avro (its compatibility checker) and fastavro (the encoder) accept, defaults included.
-- Ids are global: a text (with its type and references) already bound to an id keeps it, under any
-  subject; a new text takes the next id (`next_schema_id`). Ids are never reused.
-- Versions: registering a text that is a live version of the subject answers that version and
+  given); with `normalize=true` it is first put in a normal form (the keys of each schema object
+  sorted, `{"type": "int"}` written `"int"`). The text must be an Avro schema that both avro (its
+  compatibility checker) and fastavro (the encoder) accept, defaults included.
+- One schema, however it is written. Texts with the same normal form (and type and references) are
+  one schema, as parsed schemas are to Confluent's registry: the first text registered is the one
+  kept, and a later registration written another way is answered with it (its id, its version).
+- Ids are global: a schema already bound to an id keeps it, under any subject; a new schema takes
+  the next id (`next_schema_id`). Ids are never reused.
+- Versions: registering a schema that is a live version of the subject answers that version and
   changes nothing (idempotent); otherwise the subject gets the next version, one above the highest it
   ever held (soft-deleted versions count; permanently deleted ones do not, as in Confluent's).
 - Compatibility (Avro's schema resolution, through avro's `ReaderWriterCompatibilityChecker`): the
@@ -24,7 +26,8 @@ command to propose with every choice made:
   the _TRANSITIVE forms check every live version instead of the latest; NONE checks nothing.
   Soft-deleted versions are not checked (deleting a version is how Confluent's users undo one).
 - Deletes are Confluent's two steps: a soft delete hides versions; a permanent delete removes
-  versions that were soft-deleted first. A version that another schema references cannot go.
+  versions that were soft-deleted first. A version that another schema references cannot go. A soft
+  delete of a whole subject also drops the subject's own level and mode, as Confluent's does.
 - Modes: READONLY and READONLY_OVERRIDE refuse registrations and deletes; IMPORT allows a
   registration to name its id and version (and skips compatibility), for copying a registry.
 
@@ -34,6 +37,7 @@ so checking against old versions does not parse them again. Thread-safety: event
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +96,7 @@ SUBJECT_NAME_MAX = 1_000
 REFERENCES_MAX = 256  # per schema
 REFERENCE_DEPTH_MAX = 32  # references of references
 PARSED_CACHE_MAX = 1_000  # parsed schemas kept
+EQUIVALENCE_CACHE_MAX = 100_000  # normal forms kept (a few per schema the registry can hold)
 
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 UNSUPPORTED_TYPES = ("JSON", "PROTOBUF")
@@ -151,6 +156,33 @@ def normalized(schema: Any) -> Any:
     if list(out) == ["type"] and isinstance(out["type"], str) and out["type"] in PRIMITIVES:
         return out["type"]
     return out
+
+
+@functools.lru_cache(maxsize=EQUIVALENCE_CACHE_MAX)
+def _normal_text(text: str) -> bytes:
+    return orjson.dumps(normalized(orjson.loads(text)))
+
+
+def equivalence_key(schema_type: str, text: str, references: tuple) -> tuple:
+    """What two texts of one schema share however they are written (key order, `{"type": "int"}` for
+    `"int"`, whitespace): Confluent's registry compares parsed schemas, so such texts are one schema
+    to it, with one id and one version."""
+    return (schema_type, tuple(references), _normal_text(text))
+
+
+def equivalent_stored(state: RegistryState, parsed: ParsedSchema) -> StoredSchema | None:
+    """The registry's schema that is `parsed` (the same text, else the same schema written another
+    way: the lowest such id), or None."""
+    exact = state.id_for(parsed.schema_type, parsed.text, parsed.references)
+    if exact is not None:
+        return state.schemas[exact]
+    wanted = equivalence_key(parsed.schema_type, parsed.text, parsed.references)
+    found = [
+        stored
+        for stored in state.schemas.values()
+        if equivalence_key(stored.schema_type, stored.schema, stored.references) == wanted
+    ]
+    return min(found, key=lambda stored: stored.schema_id) if found else None
 
 
 def schema_type_of(raw: object) -> str:
@@ -462,19 +494,16 @@ def id_usage(state: RegistryState, schema_id: int, deleted: bool = False) -> lis
 
 def lookup(state: RegistryState, subject: str, parsed: ParsedSchema, deleted: bool = False) -> dict:
     """The version of `subject` holding this schema: the same canonical text, or failing that the same
-    normal form (40401 without the subject, 40403 without the schema)."""
+    schema written another way (40401 without the subject, 40403 without the schema)."""
     info = _subject(state, subject, deleted)
     candidates = [v for v in reversed(info.versions) if deleted or not v.deleted]
     for entry in candidates:
         if parsed.same_content(state.schemas[entry.schema_id]):
             return version_answer(state, subject, entry)
-    wanted = orjson.dumps(normalized(parsed.json))
+    wanted = equivalence_key(parsed.schema_type, parsed.text, parsed.references)
     for entry in candidates:
         stored = state.schemas[entry.schema_id]
-        if (stored.schema_type, stored.references) == (
-            parsed.schema_type,
-            parsed.references,
-        ) and orjson.dumps(normalized(orjson.loads(stored.schema))) == wanted:
+        if equivalence_key(stored.schema_type, stored.schema, stored.references) == wanted:
             return version_answer(state, subject, entry)
     raise error(SCHEMA_NOT_FOUND, "Schema not found")
 
@@ -492,6 +521,9 @@ def test_compatibility(
     level = state.subject_compatibility(subject)
     if all_versions:
         return compatibility_messages(level, parsed, versions_to_check(state, subject, level))
+    info = state.subjects.get(subject)
+    if version is None and not (info and info.live()):
+        return []  # nothing registered yet: anything is compatible (Confluent's answer for "latest")
     entry = _version(state, subject, version, deleted=False)
     old = parse_stored(state, state.schemas[entry.schema_id])
     return compatibility_messages(level.removesuffix("_TRANSITIVE"), parsed, [(entry.version, old)])
@@ -534,6 +566,12 @@ class Registration:
     version: int
 
 
+def _check_room_for(state: RegistryState, subject: str) -> None:
+    """A new subject (a version or a setting of its own) fits within SUBJECTS_MAX."""
+    if subject not in state.subjects and len(state.subjects) >= SUBJECTS_MAX:
+        raise error(OPERATION_NOT_PERMITTED, f"the registry holds {SUBJECTS_MAX} subjects, its limit")
+
+
 def _check_writable(state: RegistryState, subject: str) -> str:
     mode = state.subject_mode(subject)
     if mode in ("READONLY", "READONLY_OVERRIDE"):
@@ -554,7 +592,10 @@ def plan_register(
     check_subject(subject)
     mode = _check_writable(state, subject)
     info = state.subjects.get(subject) or SubjectInfo(subject)
-    existing_id = state.id_for(parsed.schema_type, parsed.text, parsed.references)
+    existing = equivalent_stored(state, parsed)
+    if existing is not None and not parsed.same_content(existing):
+        parsed = parse_stored(state, existing)  # the same schema written another way: the stored text
+    existing_id = existing.schema_id if existing is not None else None
     for entry in info.live():
         if entry.schema_id == existing_id:
             if requested_id is not None and requested_id != existing_id:
@@ -608,8 +649,7 @@ def plan_register(
                 f"Schema being registered is incompatible with an earlier schema for subject "
                 f'"{subject}" (compatibility {level}): ' + "; ".join(messages),
             )
-    if subject not in state.subjects and len(state.subjects) >= SUBJECTS_MAX:
-        raise error(OPERATION_NOT_PERMITTED, f"the registry holds {SUBJECTS_MAX} subjects, its limit")
+    _check_room_for(state, subject)
     if len(info.versions) >= VERSIONS_PER_SUBJECT_MAX:
         raise error(
             OPERATION_NOT_PERMITTED,
@@ -693,7 +733,9 @@ def plan_delete_subject(
             )
         versions = live
     _check_unreferenced(state, subject, versions)
-    return DeleteSchemaVersions(subject, tuple(versions), permanent, controller_epoch), versions
+    # A soft delete of the subject takes its own level and mode with it, as Confluent's does.
+    command = DeleteSchemaVersions(subject, tuple(versions), permanent, controller_epoch, not permanent)
+    return command, versions
 
 
 def plan_set_compatibility(
@@ -701,6 +743,7 @@ def plan_set_compatibility(
 ) -> SetRegistryConfig:
     if subject is not None:
         check_subject(subject)
+        _check_room_for(state, subject)
     return SetRegistryConfig(subject, level, controller_epoch)
 
 
@@ -723,6 +766,7 @@ def plan_set_mode(
     """A new mode; IMPORT only where no schema is registered yet, unless forced (as Confluent's)."""
     if subject is not None:
         check_subject(subject)
+        _check_room_for(state, subject)
     if mode == "IMPORT" and not force:
         holding = [
             name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -78,6 +79,35 @@ def controller(cluster) -> int:
     live = next(n for n in cluster.nodes if n.alive())
     wait_for(lambda: cluster_view(live)["controller_id"] > 0, 30, "a controller")
     return cluster_view(live)["controller_id"]
+
+
+def test_concurrent_registrations_through_every_node(cluster):
+    """Different schemas registered at once through different nodes get distinct ids and versions;
+    the same schema sent at once through every node (a client retrying on another node after a lost
+    answer) is one id and one version."""
+    controller(cluster)
+    nodes = cluster.nodes
+    schemas = [record("Many", ("a", "int"), *[(f"f{i}", "int", i) for i in range(n)]) for n in range(6)]
+
+    def register_via(args):
+        node, subject, schema = args
+        return call_settled(node, "POST", f"/subjects/{subject}/versions", {"schema": schema})
+
+    jobs = [(nodes[i % len(nodes)], f"many-{i}-value", schema) for i, schema in enumerate(schemas)]
+    jobs += [(node, "same-value", schemas[0]) for node in nodes for _ in range(2)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(register_via, jobs))
+    assert all(status == 200 for status, _ in answers), answers
+    distinct = [body["id"] for _, body in answers[: len(schemas)]]
+    assert len(set(distinct)) == len(schemas), distinct
+    same = {(body["id"], body["version"]) for _, body in answers[len(schemas) :]}
+    assert same == {(distinct[0], 1)}, same
+    for node in nodes:
+        wait_for(
+            lambda node=node: call(node, "GET", "/subjects/same-value/versions")[1] == [1],
+            10,
+            f"one version of same-value on node {node.node_id}",
+        )
 
 
 def test_registry_survives_controller_failover(cluster):

@@ -245,7 +245,9 @@ def test_compatibility_ignores_soft_deleted_versions_and_reports_why():
     parsed = sr.parse_schema(state, "AVRO", record("R", field("a", "string"), field("b", "int")))
     assert sr.test_compatibility(state, "s", 2, parsed, all_versions=False)
     refused(sr.VERSION_NOT_FOUND, sr.test_compatibility, state, "s", 1, parsed, False)
-    refused(sr.SUBJECT_NOT_FOUND, sr.test_compatibility, state, "nope", None, parsed, False)
+    # "latest" of a subject with nothing registered: compatible (Confluent's answer); a number: 40401.
+    assert sr.test_compatibility(state, "nope", None, parsed, all_versions=False) == []
+    refused(sr.SUBJECT_NOT_FOUND, sr.test_compatibility, state, "nope", 1, parsed, False)
     assert sr.test_compatibility(state, "nope", None, parsed, all_versions=True) == []  # nothing to break
 
 
@@ -620,3 +622,107 @@ def test_apply_registry_never_raises_replays_and_keeps_invariants(commands):
         replay = apply(replay, command_from_dict(orjson.loads(orjson.dumps(command_to_dict(command)))))
     assert replay == image
     assert MetadataImage.from_dict(orjson.loads(orjson.dumps(image.to_dict()))) == image
+
+
+# -- review regressions ------------------------------------------------------------------------------------
+
+
+def test_the_same_schema_written_another_way_is_one_schema():
+    # Confluent's registry compares parsed schemas: key order and {"type": "int"} for "int" do not make
+    # another schema, so a client that writes the schema differently gets the same id and version.
+    state, first = register(RegistryState(), "s", record("R", field("a", "int")))
+    reordered = json.dumps({"fields": [{"type": "int", "name": "a"}], "name": "R", "type": "record"})
+    spelled_out = record("R", field("a", {"type": "int"}))
+    for text in (reordered, spelled_out):
+        again, reg = register(state, "s", text)
+        assert reg.command is None and (reg.schema_id, reg.version) == (first.schema_id, 1), text
+        assert again == state
+    # Under another subject: the schema's one id, with the text first registered.
+    state, other = register(state, "t", reordered)
+    assert (other.schema_id, other.version) == (first.schema_id, 1)
+    assert other.command.schema == sr.schema_by_id(state, first.schema_id).schema
+    assert state.next_schema_id == first.schema_id + 1 and len(state.schemas) == 1
+    # Only soft-deleted in the subject: a new version with the same id (as for the same text).
+    state = apply_registry(state, DeleteSchemaVersions("s", (1,)))
+    state, reg = register(state, "s", spelled_out)
+    assert (reg.schema_id, reg.version) == (first.schema_id, 2)
+    # Really different schemas stay apart: another field name, a doc, another default.
+    for text in (
+        record("R", field("b", "int")),
+        record("R", field("a", "int", doc="the a")),
+        record("R", field("a", "int", default=1)),
+    ):
+        state, reg = register(state, f"x-{len(state.subjects)}", text)
+        assert reg.schema_id != first.schema_id, text
+
+
+def test_a_soft_deleted_subject_loses_its_own_level_and_mode():
+    state, _ = register(RegistryState(), "s", USER_V1)
+    state, _ = register(state, "s", USER_V2)
+    state = with_level(state, "FULL", "s")
+    state = apply_registry(state, SetRegistryMode("s", "READWRITE"))
+    # Deleting one version keeps them.
+    command, _ = sr.plan_delete_version(state, "s", 2, False, 0)
+    state = apply_registry(state, command)
+    assert sr.subject_compatibility(state, "s", False) == "FULL"
+    # Deleting the subject (soft) drops them, as Confluent's DELETE /subjects/{s} does.
+    command, versions = sr.plan_delete_subject(state, "s", False, 0)
+    assert versions == [1] and command.clear_settings
+    assert command_from_dict(command_to_dict(command)) == command
+    state = apply_registry(state, command)
+    refused(sr.SUBJECT_COMPATIBILITY_NOT_CONFIGURED, sr.subject_compatibility, state, "s", False)
+    refused(sr.SUBJECT_MODE_NOT_CONFIGURED, sr.subject_mode, state, "s", False)
+    assert sr.list_versions(state, "s", deleted=True) == [1, 2]  # the versions are only hidden
+    # A permanent delete carries no clearing of its own (nothing is left of the subject anyway).
+    command, _ = sr.plan_delete_subject(state, "s", True, 0)
+    assert not command.clear_settings
+    # A command from before the field existed reads as "keep them".
+    old = {k: v for k, v in command_to_dict(command).items() if k != "clear_settings"}
+    assert command_from_dict(old).clear_settings is False
+
+
+def test_settings_of_subjects_without_versions_are_bounded_and_leave_nothing_behind(monkeypatch):
+    state = with_level(RegistryState(), "FULL", "only-a-level")
+    state = apply_registry(state, SetRegistryMode("only-a-level", "READONLY"))
+    state = apply_registry(state, SetRegistryConfig("only-a-level", None))
+    assert "only-a-level" in state.subjects  # still holds a mode
+    state = apply_registry(state, SetRegistryMode("only-a-level", None))
+    assert state.subjects == {}  # nothing of its own left: gone, not an empty entry for good
+    monkeypatch.setattr(sr, "SUBJECTS_MAX", 1)
+    state = with_level(state, "NONE", "first")
+    refused(sr.OPERATION_NOT_PERMITTED, sr.plan_set_compatibility, state, "second", "FULL", 0)
+    refused(sr.OPERATION_NOT_PERMITTED, sr.plan_set_mode, state, "second", "READONLY", False, 0)
+    assert sr.plan_set_compatibility(state, "first", "FULL", 0).compatibility == "FULL"  # not new
+
+
+def test_compatibility_with_latest_of_an_empty_subject_is_true():
+    parsed = sr.parse_schema(RegistryState(), "AVRO", USER_V1)
+    assert sr.test_compatibility(RegistryState(), "new", None, parsed, all_versions=False) == []
+    state, _ = register(RegistryState(), "s", USER_V1)
+    state = apply_registry(state, sr.plan_delete_subject(state, "s", False, 0)[0])
+    assert sr.test_compatibility(state, "s", None, parsed, all_versions=False) == []
+    refused(sr.SUBJECT_NOT_FOUND, sr.test_compatibility, state, "s", 1, parsed, False)  # a number: as GET
+
+
+def test_decoded_unions_name_the_branch_the_bytes_hold():
+    # int and long (float and double) decode to one Python type: the branch comes from the bytes.
+    inner = {"type": "record", "name": "In", "fields": [{"name": "x", "type": ["long", "int"]}]}
+    schema = {
+        "type": "record",
+        "name": "U",
+        "namespace": "t",
+        "fields": [
+            {"name": "n", "type": ["null", "int", "long", "float", "double", inner], "default": None},
+            {"name": "a", "type": {"type": "array", "items": ["int", "long"]}},
+            {"name": "m", "type": {"type": "map", "values": ["float", "double"]}},
+        ],
+    }
+    codec = AvroCodec(3, schema)
+    for n in (None, {"int": 1}, {"long": 1}, {"float": 0.5}, {"double": 0.5}, {"t.In": {"x": {"int": 2}}}):
+        value = {"n": n, "a": [{"long": 1}, {"int": 1}], "m": {"k": {"double": 1.0}, "j": {"float": 2.0}}}
+        data = codec.encode(value, "v")
+        decoded = codec.decode(split_wire_format(data)[1])
+        assert decoded == value
+        assert codec.encode(decoded, "v") == data  # fetched, produced again: the same bytes
+    top = AvroCodec(4, ["null", "int", "long"])  # a union at the top
+    assert top.decode(split_wire_format(top.encode({"long": 7}, "v"))[1]) == {"long": 7}
