@@ -85,13 +85,16 @@ def encode_fetch_response(entries: list[tuple[str, int, ReplicaFetchResult]]) ->
 
 
 def decode_fetch_response(body: bytes) -> list[tuple[str, int, ReplicaFetchResult]]:
-    (length,) = _HEAD_LENGTH.unpack_from(body, 0)
-    head = orjson.loads(body[4 : 4 + length])
+    """The partitions of a leader's answer. Each one's `data` is a memoryview into `body`: the batches
+    go to the log as they arrived, without a copy."""
+    view = memoryview(body)
+    (length,) = _HEAD_LENGTH.unpack_from(view, 0)
+    head = orjson.loads(view[4 : 4 + length])
     position = 4 + length
     out = []
     for entry in head["partitions"]:
         size = entry["size"]
-        data = body[position : position + size]
+        data = view[position : position + size]
         position += size
         diverging = entry["diverging"]
         out.append(

@@ -63,7 +63,7 @@ class FetchResult:
 class ReplicaFetchResult:
     """The leader's answer to one partition of a follower's fetch."""
 
-    data: bytes
+    data: bytes | memoryview  # a memoryview into the answer, on the follower
     high_watermark: int
     log_start_offset: int
     log_end_offset: int
@@ -72,6 +72,10 @@ class ReplicaFetchResult:
 
 
 NO_INFO = PartitionInfo((), NO_LEADER, -1, (), -1)  # before the first metadata: no role
+# Passes of the event loop between an append and the wake of the follower fetches parked on it (see
+# Partition._wake_after_append): 3 gave about as many batches per fetch under load as the chain of
+# wake-ups that plain futures replaced (docs/performance.md, "Replication: where the CPU goes").
+WAKE_DEFER_PASSES = 3
 
 
 def now_ms() -> int:
@@ -96,7 +100,10 @@ class Partition:
         # What the leader last told this replica, capped by its LEO (a lower bound after a restart).
         self.follower_high_watermark = partition_log.log_start_offset
         self._data_arrived = asyncio.Event()  # the HW moved: wakes consumer fetches
-        self._appended = asyncio.Event()  # the LEO moved: wakes follower fetches
+        # Follower fetches parked until the LEO moves: (future, its timeout). Plain futures, not
+        # tasks: a parked fetch is woken in one step (see wait_for_append).
+        self._parked: list[tuple[asyncio.Future, asyncio.TimerHandle]] = []
+        self._wake_scheduled = False  # a deferred wake of the parked fetches is on its way
         self._waiters: list[tuple[int, asyncio.Future]] = []  # acks=all: (last offset, future)
 
     # -- roles --------------------------------------------------------------------------------------
@@ -164,8 +171,7 @@ class Partition:
                 "committed; they may or may not be kept (retry; an idempotent producer retries safely)",
             )
         )
-        self._appended.set()  # wake follower fetches parked here: they get a fencing answer
-        self._appended = asyncio.Event()
+        self._wake_parked()  # follower fetches parked here get a fencing answer
 
     def check_leader(self, leader_epoch: int | None = None) -> LeaderCore:
         """This replica's leader state; ApiError when it does not lead (or `leader_epoch` is stale)."""
@@ -223,37 +229,51 @@ class Partition:
             raise ApiError(50002, f"storage error appending to {self.topic}-{self.index}: {exc}") from None
         if leader.on_append(self.log.log_end_offset):
             self._high_watermark_moved()
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self._wake_after_append()
         return info
 
     async def wait_committed(self, last_offset: int, timeout_s: float) -> None:
         """acks=all: return once the HW passed `last_offset`; ApiError when the leadership moves or
-        `timeout_s` passes first (the records may still be committed later: the outcome is unknown)."""
+        `timeout_s` passes first (the records may still be committed later: the outcome is unknown).
+
+        The produce awaits its future directly (result True: committed; False: timed out), so a HW
+        move wakes it in one step of the event loop."""
         if self.leader is not None and self.leader.high_watermark > last_offset:
             return
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         entry = (last_offset, future)
         self._waiters.append(entry)
+        timer = loop.call_later(timeout_s, _resolve, future, False)
+        committed = False
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+            committed = await future
+        finally:
+            timer.cancel()
+            if not committed:  # timed out or cancelled (a committed entry left with its HW move)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+        if not committed:
             raise ApiError(
                 50304,
                 f"{self.topic}-{self.index}: the in-sync replicas did not confirm offset {last_offset} within "
                 f"{timeout_s * 1000:.0f} ms; the records may or may not be committed (retry; an "
                 "idempotent producer retries safely)",
-            ) from None
-        finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
+            )
 
     def _high_watermark_moved(self) -> None:
         hw = self.high_watermark
         if self._waiters:
-            for last_offset, future in list(self._waiters):
-                if hw > last_offset and not future.done():
-                    future.set_result(None)
+            waiting = []
+            for entry in self._waiters:
+                last_offset, future = entry
+                if future.done():
+                    continue  # timed out or given up: its wait_committed no longer needs the entry
+                if hw > last_offset:
+                    future.set_result(True)
+                else:
+                    waiting.append(entry)
+            self._waiters = waiting
         self._data_arrived.set()
         self._data_arrived = asyncio.Event()
 
@@ -397,12 +417,60 @@ class Partition:
         """The replica leaves this node (topic deleted, reassigned): fail what waits on it."""
         self.leader = None
         self._fail_waiters(ApiError(40403, f"{self.topic}-{self.index} is no longer on node {self.node_id}"))
-        self._appended.set()
+        self._wake_parked()
 
-    async def wait_for_append(self, timeout_s: float) -> None:
-        """Park a follower's fetch until this leader appends (or stops leading), at most `timeout_s`."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._appended.wait(), timeout_s)
+    def wait_for_append(self, timeout_s: float) -> asyncio.Future:
+        """Park a follower's fetch until this leader appends (or stops leading), at most `timeout_s`:
+        a future whose result is None either way. The caller may cancel it to give up.
+
+        A plain future and not a coroutine: `asyncio.ensure_future` and `asyncio.wait` take it as it
+        is, so a parked fetch costs no task, and its wake is one callback instead of five (Event,
+        wait_for's inner task, wait_for, the task around it, asyncio.wait). A follower fetch parks
+        about once per produced batch (docs/performance.md, "Replication: where the CPU goes")."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve, future, None)
+        if self._parked:
+            # Drop the fetches that stopped waiting (answered from another partition, or closed).
+            live = []
+            for entry in self._parked:
+                if entry[0].done():
+                    entry[1].cancel()
+                else:
+                    live.append(entry)
+            self._parked = live
+        self._parked.append((future, timer))
+        return future
+
+    def _wake_after_append(self) -> None:
+        """Wake the parked follower fetches a few passes of the event loop after an append, once.
+
+        Produce requests that the node has already read append in those passes, so one answer to
+        each follower carries all of them: under load, fewer fetch exchanges per batch (each costs
+        about a millisecond of CPU on the 2-core test machine), for a delay of a few callbacks."""
+        if self._parked and not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_pass, WAKE_DEFER_PASSES - 1)
+
+    def _wake_pass(self, passes_left: int) -> None:
+        if passes_left > 0:
+            asyncio.get_running_loop().call_soon(self._wake_pass, passes_left - 1)
+            return
+        self._wake_scheduled = False
+        self._wake_parked()
+
+    def _wake_parked(self) -> None:
+        if self._parked:
+            parked, self._parked = self._parked, []
+            for future, timer in parked:
+                timer.cancel()
+                if not future.done():
+                    future.set_result(None)
+
+
+def _resolve(future: asyncio.Future, result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def replica_log_end_offsets(partition: Partition) -> dict[str, int] | None:
