@@ -55,6 +55,12 @@ IDLE_CONNECTION_TIMEOUT_S = 3600.0
 CONNECTION_RETRY_S = 0.5  # pysyncobj's default 5 s kept a restarted voter unheard for up to 5 s
 TCP_KEEPALIVE = (3, 1, 3)  # idle 3 s, then a probe a second, 3 unanswered: dead (about 6 s)
 TCP_USER_TIMEOUT_MS = 5000  # sent data unacknowledged this long: dead (a silent network partition)
+# A peer's name is looked up again this long after its last lookup (pysyncobj's default is 600 s; a
+# failed lookup is kept 30 s). In Kubernetes a pod created again has a new address under the same name:
+# with the defaults the peers that dial it kept dialing the old address and it stayed out of the quorum
+# (tests/test_k8s_rehearsal.py). Lookups happen only when pysyncobj dials, on its tick thread.
+DNS_CACHE_S = 5.0
+DNS_FAIL_CACHE_S = 1.0
 
 
 def _set_socket_options(sock: socket.socket, after_idle_s: int, interval_s: int, probes: int) -> None:
@@ -194,6 +200,8 @@ class RaftMetadataStore:
             connectionTimeout=IDLE_CONNECTION_TIMEOUT_S,
             connectionRetryTime=CONNECTION_RETRY_S,
             tcp_keepalive=TCP_KEEPALIVE,
+            dnsCacheTime=DNS_CACHE_S,
+            dnsFailCacheTime=DNS_FAIL_CACHE_S,
             password=password,
             bindAddress=bind_address if self_address is not None else None,
             dynamicMembershipChange=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,7 @@ class NodeConfig:
     # Unset: this node alone is the quorum (the single-node default).
     controllers: str | None = None
     roles: str = "controller,broker"  # or "broker": follows the metadata without voting
+    # "auto": controller,broker when node_id is in `controllers`, else broker (one pod template, k8s/).
     rack: str | None = None
     # Authenticates and encrypts Raft traffic; required when the quorum has more than one node.
     raft_password: str | None = None
@@ -259,6 +260,8 @@ def load_config(argv: list[str], environ: dict[str, str] | None = None) -> NodeC
         if raw is not None:
             values[name] = _convert("--" + name.replace("_", "-"), kind, raw)
     config = NodeConfig(**values)  # type: ignore[arg-type]
+    if config.roles.strip() == "auto":
+        config = replace(config, roles="controller,broker" if config.node_id in config.voters else "broker")
     _validate(config)
     return config
 

@@ -718,6 +718,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--raft-port", type=int, default=9501, help="Raft port of node 1 (default 9501)")
     up.set_defaults(handler=None)
 
+    drain = commands.add_parser(
+        "drain",
+        help="move a node's partition leaderships away before it stops (a pod's preStop hook)",
+        description=DRAIN_HELP,
+    )
+    drain.add_argument("--node", default="127.0.0.1:9092", metavar="HOST:PORT", help="default 127.0.0.1:9092")
+    drain.add_argument("--timeout-s", type=float, default=60, help="give up after this long (default 60)")
+    drain.add_argument(
+        "--in-sync-wait-s",
+        type=float,
+        default=30,
+        help="first wait at most this long for other replicas catching up (default 30; 0: do not wait)",
+    )
+    drain.set_defaults(handler=None)
+
     chaos = commands.add_parser("chaos", help="partition-tolerance experiments against a local cluster")
     chaos_commands = chaos.add_subparsers(dest="chaos_command", metavar="ACTION", required=True)
     chaos_run = chaos_commands.add_parser(
@@ -775,6 +790,13 @@ CHAOS_HELP = (
     "heal, drain every partition, check the history (lost, duplicated, moved or unexpected values, "
     "inconsistent offsets, consumers going back or skipping) and write OUT/history.jsonl, OUT/verdict.json, "
     "OUT/summary.txt and OUT/timeline.png. Exit status 0 when the history is valid, 1 when not."
+)
+DRAIN_HELP = (
+    "Ask the controller to move the leaderships of the node at --node to other in-sync replicas and to take "
+    "it out of the ISRs, after waiting (at most --in-sync-wait-s) for replicas on other nodes that are "
+    "catching up; returns when the node leads no partition another in-sync replica could take. The node "
+    "keeps running (not ready) until it is stopped. Exit status 0 when drained, 1 when not in --timeout-s. "
+    "See docs/kubernetes.md."
 )
 RESET_HELP = (
     "Set the committed offsets of GROUP in a topic (all its partitions, or those named with --partition). "
@@ -927,6 +949,10 @@ def main(argv: list[str] | None = None) -> int:
         return cluster_up(args)
     if args.command == "chaos":
         return chaos_run(args)
+    if args.command == "drain":
+        from raftka.k8s import drain_main
+
+        return drain_main(args.node, args.timeout_s, args.in_sync_wait_s)
     bootstrap = getattr(args, "bootstrap", None) or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
     args.bootstrap = bootstrap
     try:

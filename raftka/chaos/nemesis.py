@@ -171,7 +171,7 @@ def wait_healthy(cluster, topic: str, timeout_s: float) -> dict:
             with urllib.request.urlopen(f"{cluster.nodes[0].url}/v1/topics/{topic}", timeout=5) as response:
                 described = json.loads(response.read())
             last = described
-            if all(p["leader"] > 0 and len(p["isr"]) == len(p["replicas"]) for p in described["partitions"]):
+            if all(p["leader"] >= 0 and len(p["isr"]) == len(p["replicas"]) for p in described["partitions"]):
                 return described
         except (OSError, ValueError, RuntimeError) as exc:
             last = exc
