@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -163,7 +163,7 @@ class RaftMetadataStore:
         propose_timeout_s: float = 10.0,
         raft_min_timeout_s: float = 0.4,
         raft_max_timeout_s: float = 1.4,
-        routes: dict[str, str] | None = None,
+        routes: Mapping[str, str] | None = None,
     ):
         """`self_address` is this voter's entry in `voters` (None for a read-only member); the
         other voters are its peers. Must be created on the event loop it reports to. `routes` maps a

@@ -8,9 +8,12 @@ Precedence, highest first: a flag on the command line, the environment variable,
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +118,9 @@ class NodeConfig:
         return self.raft_listen or self.voters[self.node_id]
 
     @property
-    def routes(self) -> dict[str, str]:
-        """`connect_via` as {address: address to dial instead}."""
-        return parse_connect_via(self.connect_via) if self.connect_via else {}
+    def routes(self) -> Mapping[str, str]:
+        """`connect_via` as {address: address to dial instead} (parsed once per text)."""
+        return _parsed_routes(self.connect_via) if self.connect_via else {}
 
     def dial(self, address: str) -> str:
         """The address this node connects to when it wants to reach `address`."""
@@ -168,6 +171,12 @@ def parse_connect_via(text: str) -> dict[str, str]:
             raise ValueError(f"connect_via: {address} is listed twice")
         routes[address] = via
     return routes
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_routes(text: str) -> Mapping[str, str]:
+    """`parse_connect_via`, read-only and kept: `dial` runs on every node-to-node request."""
+    return MappingProxyType(parse_connect_via(text))
 
 
 def split_host_port(value: str, name: str) -> tuple[str, int]:

@@ -40,7 +40,6 @@ import urllib.request
 from collections.abc import Callable
 
 from raftka.chaos.links import LINK_FAULTS, fault_pairs
-from raftka.chaos.netns import partition_pairs
 
 FAULTS = ("kill", "pause", "partition", *LINK_FAULTS)
 SHAPES = ("one", "leader", "controller", "minority", "majority", "ring")
@@ -128,8 +127,7 @@ class ProcessNemesis:
                 for node in nodes:
                     node.signal(signal.SIGSTOP)
             else:
-                kind = "ring" if shape == "ring" else "isolate"
-                for source, target in partition_pairs(kind, targets, [n.node_id for n in self.cluster.nodes]):
+                for source, target in fault_pairs(shape, targets, ids, both=True):
                     self.network.cut(source, target)
             self.stop_event.wait(self.fault_s)
             if fault in LINK_FAULTS:
