@@ -36,7 +36,13 @@ from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, enc
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import ProducerFields, check_producer_fields, parse_produce_body, record_to_json
-from node.replica import FetchResult, Partition, ReplicaFetchResult, replica_log_end_offsets
+from node.replica import (
+    FetchResult,
+    Partition,
+    ReplicaFetchResult,
+    replica_log_end_offsets,
+    wait_for_append,
+)
 from raftka.partitioner import partition_for_key
 from storage.record_batch import (
     InvalidBatchError,
@@ -728,12 +734,7 @@ class Handlers:
             ready = any(r.data or r.error_code or r.diverging for _, _, r in answers)
             if ready or remaining <= 0 or not waits:
                 break
-            parked = [asyncio.ensure_future(p.wait_for_append(remaining)) for p in waits]
-            try:
-                await asyncio.wait(parked, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in parked:
-                    task.cancel()
+            await wait_for_append(waits, remaining)
         self.node.metrics.replica_fetches.observe(loop.time() - started)
         return encode_fetch_response(answers)
 

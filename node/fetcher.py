@@ -20,10 +20,13 @@ full HTTP exchange cost about three times the framing of one message each way on
 `POST /v1/internal/replica/fetch` for tools and tests.
 
 `reconcile()` runs after every metadata change: tasks start for new leaders and end for leaders this
-node no longer follows. A failed connection, a fetch unanswered for 10 s past its long-poll, or a
-leader that moved to another address closes the connection; the task backs off for `BACKOFF_S` and
-connects again (the leader may be gone: the controller will elect another and the metadata will
-say so).
+node no longer follows. A failed connection or a leader that moved to another address closes the
+connection; the task backs off for `BACKOFF_S` and connects again (the leader may be gone: the
+controller will elect another and the metadata will say so). A fetch unanswered for
+`ANSWER_GRACE_S` past its long-poll is noticed by a watchdog that looks every `WATCHDOG_S`: it
+replaces the task, whose connection closes as it ends, by a new one that connects after
+`BACKOFF_S`. (One timer per node rather than a receive timeout per fetch: a timeout costs a timer
+set and cancelled on every exchange, about once per produced batch.)
 
 Thread-safety: event loop only.
 """
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_S = 0.2
 ANSWER_GRACE_S = 10.0  # how long past its long-poll a fetch may go unanswered before reconnecting
+WATCHDOG_S = 1.0  # how often the unanswered fetches are looked for
 CLOSE_TIMEOUT_S = 1.0  # how long closing a connection waits for the leader's close frame
 _HEAD_LENGTH = struct.Struct(">I")
 STREAM_PATH = "/v1/internal/replica/stream"
@@ -120,6 +124,8 @@ class ReplicaFetcher:
     def __init__(self, node):
         self.node = node
         self._tasks: dict[int, asyncio.Task] = {}
+        self._answer_due: dict[int, float] = {}  # leader id -> when its outstanding fetch is overdue
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def reconcile(self) -> None:
         followed = self.node.replicas.followed()
@@ -127,23 +133,50 @@ class ReplicaFetcher:
             if leader_id not in followed or task.done():
                 task.cancel()
                 del self._tasks[leader_id]
+                self._answer_due.pop(leader_id, None)
         for leader_id in followed:
             if leader_id not in self._tasks:
                 self._tasks[leader_id] = asyncio.create_task(self._run(leader_id))
+        if self._tasks and self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(WATCHDOG_S, self._check_answers)
+
+    def _check_answers(self) -> None:
+        """The watchdog: a fetch still unanswered at its due time replaces its task (see the module notes)."""
+        self._watchdog = None
+        now = asyncio.get_running_loop().time()
+        for leader_id, due in list(self._answer_due.items()):
+            task = self._tasks.get(leader_id)
+            if now < due or task is None:
+                continue
+            log.info(
+                "fetch from leader %d unanswered for %.0f s past its long-poll; reconnecting",
+                leader_id,
+                ANSWER_GRACE_S,
+            )
+            del self._answer_due[leader_id]
+            task.cancel()  # its connection closes as it ends
+            self._tasks[leader_id] = asyncio.create_task(self._run(leader_id, delay_s=BACKOFF_S))
+        self.reconcile()
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         tasks = list(self._tasks.values())
         self._tasks.clear()
+        self._answer_due.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _run(self, leader_id: int) -> None:
+    async def _run(self, leader_id: int, delay_s: float = 0.0) -> None:
         failures = 0
         ws: aiohttp.ClientWebSocketResponse | None = None
         address = None
+        if delay_s:
+            await asyncio.sleep(delay_s)
         try:
             while True:
                 partitions = self.node.replicas.followed().get(leader_id, [])
@@ -158,12 +191,13 @@ class ReplicaFetcher:
                         await _close(ws)
                         ws, address = None, broker.address
                         ws = await self._connect(address)
-                    await self._fetch_once(ws, partitions)
+                    await self._fetch_once(leader_id, ws, partitions)
                     failures = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the leader is down, slow or changing: back off and go on
                     failures += 1
+                    self._answer_due.pop(leader_id, None)
                     if failures == 1 or failures % 50 == 0:
                         log.info("fetch from leader %d failed (%s); retrying", leader_id, exc)
                     await _close(ws)
@@ -184,7 +218,7 @@ class ReplicaFetcher:
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
         )
 
-    async def _fetch_once(self, ws: aiohttp.ClientWebSocketResponse, partitions) -> None:
+    async def _fetch_once(self, leader_id: int, ws: aiohttp.ClientWebSocketResponse, partitions) -> None:
         config = self.node.config
         wanted = {}
         request = []
@@ -209,8 +243,12 @@ class ReplicaFetcher:
             "max_bytes": config.replica_fetch_max_bytes,
             "partitions": request,
         }
+        due = asyncio.get_running_loop().time() + config.replica_fetch_wait_max_ms / 1000 + ANSWER_GRACE_S
+        self._answer_due[leader_id] = due
         await ws.send_bytes(orjson.dumps(document))
-        message = await ws.receive(timeout=ANSWER_GRACE_S + config.replica_fetch_wait_max_ms / 1000)
+        message = await ws.receive()  # no timeout of its own: the watchdog looks after it
+        if self._answer_due.get(leader_id) == due:
+            del self._answer_due[leader_id]
         if message.type != aiohttp.WSMsgType.BINARY:
             detail = message.extra or ws.close_code
             raise RuntimeError(f"the leader ended the replica stream ({message.type.name}: {detail})")

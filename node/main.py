@@ -10,6 +10,7 @@ import sys
 import orjson
 
 from node.config import NodeConfig, load_config
+from node.memory import tune_malloc
 from node.server import DataDirError, ListenError, Node
 from storage.manager import DataDirLockedError
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raftka node: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config)
+    logging.getLogger("node").debug("malloc settings: %s", tune_malloc())
     try:
         asyncio.run(run(config))
     except (DataDirError, DataDirLockedError, ListenError) as exc:

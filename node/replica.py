@@ -100,9 +100,9 @@ class Partition:
         # What the leader last told this replica, capped by its LEO (a lower bound after a restart).
         self.follower_high_watermark = partition_log.log_start_offset
         self._data_arrived = asyncio.Event()  # the HW moved: wakes consumer fetches
-        # Follower fetches parked until the LEO moves: (future, its timeout). Plain futures, not
-        # tasks: a parked fetch is woken in one step (see wait_for_append).
-        self._parked: list[tuple[asyncio.Future, asyncio.TimerHandle]] = []
+        # Follower fetches parked until the LEO moves. Plain futures, not tasks: a parked fetch is
+        # woken in one step (see wait_for_append).
+        self._parked: list[asyncio.Future] = []
         self._wake_scheduled = False  # a deferred wake of the parked fetches is on its way
         self._waiters: list[tuple[int, asyncio.Future]] = []  # acks=all: (last offset, future)
 
@@ -419,28 +419,13 @@ class Partition:
         self._fail_waiters(ApiError(40403, f"{self.topic}-{self.index} is no longer on node {self.node_id}"))
         self._wake_parked()
 
-    def wait_for_append(self, timeout_s: float) -> asyncio.Future:
-        """Park a follower's fetch until this leader appends (or stops leading), at most `timeout_s`:
-        a future whose result is None either way. The caller may cancel it to give up.
-
-        A plain future and not a coroutine: `asyncio.ensure_future` and `asyncio.wait` take it as it
-        is, so a parked fetch costs no task, and its wake is one callback instead of five (Event,
-        wait_for's inner task, wait_for, the task around it, asyncio.wait). A follower fetch parks
-        about once per produced batch (docs/performance.md, "Replication: where the CPU goes")."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        timer = loop.call_later(timeout_s, _resolve, future, None)
+    def park(self, woken: asyncio.Future) -> None:
+        """Park a follower's fetch until this leader appends (or stops leading): `woken` then gets the
+        result None, unless it is done already. See `wait_for_append`, which owns the future."""
         if self._parked:
-            # Drop the fetches that stopped waiting (answered from another partition, or closed).
-            live = []
-            for entry in self._parked:
-                if entry[0].done():
-                    entry[1].cancel()
-                else:
-                    live.append(entry)
-            self._parked = live
-        self._parked.append((future, timer))
-        return future
+            # Drop the fetches that stopped waiting (answered from another partition, timed out, closed).
+            self._parked = [future for future in self._parked if not future.done()]
+        self._parked.append(woken)
 
     def _wake_after_append(self) -> None:
         """Wake the parked follower fetches a few passes of the event loop after an append, once.
@@ -462,8 +447,7 @@ class Partition:
     def _wake_parked(self) -> None:
         if self._parked:
             parked, self._parked = self._parked, []
-            for future, timer in parked:
-                timer.cancel()
+            for future in parked:
                 if not future.done():
                     future.set_result(None)
 
@@ -471,6 +455,25 @@ class Partition:
 def _resolve(future: asyncio.Future, result) -> None:
     if not future.done():
         future.set_result(result)
+
+
+async def wait_for_append(partitions: list[Partition], timeout_s: float) -> None:
+    """Park a follower's fetch on its partitions until one of them appends (or stops leading), at
+    most `timeout_s`.
+
+    One plain future shared by the partitions and one timer, awaited directly: a parked fetch costs
+    no task, and its wake is one callback (an Event, `wait_for` and `asyncio.wait` around each
+    partition cost five, and a timer each). A follower fetch parks about once per produced batch
+    (docs/performance.md, "Replication: where the CPU goes")."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    timer = loop.call_later(timeout_s, _resolve, woken, None)
+    for partition in partitions:
+        partition.park(woken)
+    try:
+        await woken
+    finally:
+        timer.cancel()
 
 
 def replica_log_end_offsets(partition: Partition) -> dict[str, int] | None:

@@ -11,7 +11,7 @@ import pytest
 
 from metadata.image import PartitionInfo
 from node.errors import ApiError
-from node.replica import WAKE_DEFER_PASSES, Partition
+from node.replica import WAKE_DEFER_PASSES, Partition, wait_for_append
 from storage.config import LogConfig
 from storage.log import PartitionLog
 from storage.record_batch import NewRecord, encode_batch
@@ -35,33 +35,63 @@ async def passes(count: int) -> None:
         await asyncio.sleep(0)
 
 
+def parked_fetch(*partitions: Partition, timeout_s: float = 10) -> asyncio.Task:
+    """A follower fetch parked on these partitions, as the leader's fetch handler parks it."""
+    return asyncio.ensure_future(wait_for_append(list(partitions), timeout_s))
+
+
 def test_a_parked_fetch_wakes_a_few_passes_after_an_append_and_once_for_many(tmp_path):
     async def scenario():
         partition = leader_partition(tmp_path)
-        parked = [partition.wait_for_append(10), partition.wait_for_append(10)]
+        parked = [parked_fetch(partition), parked_fetch(partition)]
+        await passes(1)
+        assert len(partition._parked) == 2
         partition.append(batch())
         partition.append(batch())  # the same wake carries both appends
         await passes(WAKE_DEFER_PASSES - 1)
-        assert not any(f.done() for f in parked)
+        assert not any(f.done() for f in partition._parked)
         await passes(1)
-        assert all(f.done() and f.result() is None for f in parked)
         assert partition._parked == []
         assert not partition._wake_scheduled
+        await passes(1)  # the fetch handlers run on
+        assert all(f.done() and f.result() is None for f in parked)
 
     asyncio.run(scenario())
     assert WAKE_DEFER_PASSES >= 1
 
 
+def test_one_fetch_parks_on_all_its_partitions_and_the_first_append_wakes_it(tmp_path):
+    async def scenario():
+        first = leader_partition(tmp_path / "a")
+        second = leader_partition(tmp_path / "b")
+        fetch = parked_fetch(first, second)
+        await passes(1)
+        assert first._parked == second._parked and len(first._parked) == 1
+        second.append(batch())
+        await passes(WAKE_DEFER_PASSES + 1)
+        assert fetch.done() and fetch.result() is None
+        assert first._parked[0].done()  # left behind, done: the next park drops it
+        again = parked_fetch(first)
+        await passes(1)
+        assert len(first._parked) == 1 and not first._parked[0].done()
+        again.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_parked_fetch_times_out_and_a_cancelled_one_is_dropped(tmp_path):
     async def scenario():
         partition = leader_partition(tmp_path)
-        timed = partition.wait_for_append(0.01)
+        timed = parked_fetch(partition, timeout_s=0.01)
         assert await asyncio.wait_for(timed, 5) is None  # the timeout answers with no data
-        given_up = partition.wait_for_append(10)
-        given_up.cancel()  # answered from another partition: the fetch handler cancels the rest
+        given_up = parked_fetch(partition)
         await passes(1)
-        kept = partition.wait_for_append(10)
-        assert [f for f, _ in partition._parked] == [kept]  # the done ones were dropped
+        given_up.cancel()  # the follower's connection closed while its fetch was parked
+        await passes(1)
+        assert partition._parked[-1].cancelled()
+        kept = parked_fetch(partition)
+        await passes(1)
+        assert len(partition._parked) == 1 and not partition._parked[0].done()  # the done ones were dropped
         kept.cancel()
 
     asyncio.run(scenario())
@@ -70,13 +100,18 @@ def test_a_parked_fetch_times_out_and_a_cancelled_one_is_dropped(tmp_path):
 def test_losing_the_leadership_wakes_parked_fetches_at_once(tmp_path):
     async def scenario():
         partition = leader_partition(tmp_path)
-        parked = partition.wait_for_append(10)
+        parked = parked_fetch(partition)
+        await passes(1)
         partition.update(PartitionInfo((1, 2, 3), 2, 1, (1, 2, 3), 1), 2)
         assert not partition.is_leader
-        assert parked.done()  # no deferral: the follower gets its fencing answer now
+        assert partition._parked == []  # no deferral: the follower gets its fencing answer now
+        await passes(1)
+        assert parked.done()
         stopped = leader_partition(tmp_path / "other")
-        parked = stopped.wait_for_append(10)
+        parked = parked_fetch(stopped)
+        await passes(1)
         stopped.stop()
+        await passes(1)
         assert parked.done()
 
     asyncio.run(scenario())
