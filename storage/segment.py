@@ -73,6 +73,9 @@ class RecoveryResult:
     epoch_runs: tuple[tuple[int, int, int], ...] = ()  # (leader epoch, first offset, end offset)
 
 
+RECENT_BATCHES_MAX = 8  # batch starts a segment remembers (LogSegment._recent)
+
+
 class LogSegment:
     """One segment file and its indexes."""
 
@@ -101,6 +104,10 @@ class LogSegment:
         self._bytes_since_index_entry = 0
         self._time_index_max = -1
         self.deleted = False
+        # Where the last few appended batches start: base offset -> (position, header). A follower
+        # fetches from the batch boundary it reached, nearly always one of these, so its read skips
+        # the index lookup and the header reads (`_locate`). Emptied by every truncation.
+        self._recent: dict[int, tuple[int, BatchHeader]] = {}
 
     # -- loading and recovery ------------------------------------------------------------------
 
@@ -169,6 +176,7 @@ class LogSegment:
         if truncated:
             os.ftruncate(self._fd, valid)
             self.size = valid
+            self._recent.clear()
         return RecoveryResult(valid, truncated, batches, error, tuple(epoch_runs))
 
     def reset(self) -> None:
@@ -180,6 +188,7 @@ class LogSegment:
         self._reset_tail_state()
 
     def _reset_tail_state(self) -> None:
+        self._recent.clear()
         self.next_offset = self.base_offset
         self.max_timestamp = -1
         self.first_batch_timestamp = None
@@ -240,6 +249,10 @@ class LogSegment:
             raise
         self.size = position + expected
         self._index_batch(header, position)
+        recent = self._recent
+        recent[header.base_offset] = (position, header)
+        if len(recent) > RECENT_BATCHES_MAX:
+            del recent[next(iter(recent))]
         return position
 
     def can_hold(self, header: BatchHeader, segment_bytes: int) -> bool:
@@ -295,6 +308,9 @@ class LogSegment:
 
     def _locate(self, offset: int) -> tuple[int, BatchHeader] | None:
         """Position and header of the first batch whose last offset is >= `offset`, or None."""
+        recent = self._recent.get(offset)
+        if recent is not None:
+            return recent
         _, position = self.offset_index.lookup(offset)
         for pos, header, _view in self._scan_headers(position):
             if header.last_offset >= offset:
@@ -331,15 +347,22 @@ class LogSegment:
         located = self._locate(offset)
         if located is None:
             return None
-        return self.read_at(located[0], max_bytes, max_offset, min_one)
+        return self.read_at(located[0], max_bytes, max_offset, min_one, located[1])
 
     def read_at(
-        self, start: int, max_bytes: int, max_offset: int | None = None, min_one: bool = True
+        self,
+        start: int,
+        max_bytes: int,
+        max_offset: int | None = None,
+        min_one: bool = True,
+        first: BatchHeader | None = None,
     ) -> bytes:
-        """Whole, checksum-verified batches from file position `start` (see `read`)."""
+        """Whole, checksum-verified batches from file position `start` (see `read`); `first`: the
+        checked header of the batch there, when the caller has it."""
         if start >= self.size:
             return b""
-        first = self._header_at(start)
+        if first is None:
+            first = self._header_at(start)
         if max_offset is not None and first.base_offset >= max_offset:
             return b""
         want = max(max_bytes, first.size) if min_one else max_bytes

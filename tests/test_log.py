@@ -418,3 +418,32 @@ def test_truncating_the_batch_that_holds_the_log_start_offset(tmp_path, clock):
     log.truncate_to(4)  # removes the batch 2-5, which holds the start offset 3
     assert (log.log_start_offset, log.log_end_offset) == (2, 2)
     assert log.append_as_leader(make_batch(["g"]), 0).first_offset == 2
+
+
+def test_reads_from_a_recent_batch_start_skip_the_index_and_stay_right_after_truncation(tmp_path, clock):
+    log = PartitionLog(str(tmp_path / "t-0"), LogConfig(index_interval_bytes=1 << 20), clock=clock)
+    fill(log, 30, per_batch=3)  # one index entry only: every other batch start needs a header walk
+    active = log.segments.active
+    assert sorted(active._recent) == [6, 9, 12, 15, 18, 21, 24, 27]  # the last RECENT_BATCHES_MAX starts
+    reads = []
+    real_pread = os.pread
+
+    def counting_pread(fd, size, position):
+        reads.append(size)
+        return real_pread(fd, size, position)
+
+    os.pread = counting_pread
+    try:
+        data = log.read(21, 1 << 20)
+    finally:
+        os.pread = real_pread
+    assert len(reads) == 1  # the batches themselves: no header read, no walk from the index entry
+    assert [r.value for r in decode_batches(data)][:3] == [b"value-000021", b"value-000022", b"value-000023"]
+    # A divergent tail is cut and other records take its offsets: the remembered starts go with it.
+    log.truncate_to(21)
+    assert active._recent == {}
+    log.append_as_leader(make_batch(["other-21", "other-22"]), 1)
+    log.append_as_leader(make_batch(["other-23"]), 1)
+    assert [r.value for r in read_all(log, 21)] == [b"other-21", b"other-22", b"other-23"]
+    assert [r.value for r in decode_batches(log.read(23, 1 << 20))] == [b"other-23"]
+    assert [r.offset for r in read_all(log)] == list(range(24))
