@@ -496,10 +496,12 @@ class ReplicaManager:
         self.cleaner = cleaner
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
+        self._followed: dict[int, list[Partition]] | None = None  # see followed()
 
     def apply_image(self, image: MetadataImage) -> None:
         """Open logs for new local replicas, update changed ones, delete logs of removed topics."""
         self.image = image
+        self._followed = None
         wanted: set[tuple[str, int]] = set()
         for topic in image.topics.values():
             config = log_config(dict(topic.configs))
@@ -535,6 +537,7 @@ class ReplicaManager:
         for key in self.log_manager.logs():
             if key not in wanted:  # the topic was deleted (perhaps while this node was down)
                 self.log_manager.delete_log(*key)
+        self._followed = None
 
     @staticmethod
     def _upper_bound(partition: Partition):
@@ -561,13 +564,16 @@ class ReplicaManager:
         return partition
 
     def followed(self) -> dict[int, list[Partition]]:
-        """Partitions this node follows, by the leader they follow."""
-        out: dict[int, list[Partition]] = {}
-        for partition in self.partitions.values():
-            leader = partition.info.leader
-            if partition.leader is None and leader not in (NO_LEADER, self.node_id):
-                out.setdefault(leader, []).append(partition)
-        return out
+        """Partitions this node follows, by the leader they follow. Asked before every replica fetch,
+        so it is worked out once per metadata image (roles change only in `apply_image`)."""
+        if self._followed is None:
+            out: dict[int, list[Partition]] = {}
+            for partition in self.partitions.values():
+                leader = partition.info.leader
+                if partition.leader is None and leader not in (NO_LEADER, self.node_id):
+                    out.setdefault(leader, []).append(partition)
+            self._followed = out
+        return self._followed
 
     def max_message_bytes(self, topic_name: str) -> int:
         return log_config(dict(self.topic(topic_name).configs)).max_message_bytes
