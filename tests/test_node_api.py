@@ -772,6 +772,51 @@ def test_replica_stream_answers_fetches_and_closes_on_bad_ones(node):
     assert leo(node, "stream") == 2
 
 
+def test_replica_stream_carries_large_answers_whole_and_wakes_parked_fetches(node):
+    """Answers of 125-260 KB (the 8-byte length form of a WebSocket frame, which aiohttp writes as
+    header and payload apart): a follower reads every batch back, and a fetch parked at the log end
+    gets the next one."""
+    create(node, "stream-big")
+    path = "/v1/topics/stream-big/partitions/0/records"
+
+    def big_batch(tag: str) -> bytes:
+        records = [NewRecord(b"k%d" % i, (tag * 100)[:100].encode(), None, ()) for i in range(1000)]
+        return encode_batch(records, now_ms=1)
+
+    for tag in ("a", "b"):
+        status, body, _ = node.request("POST", path, big_batch(tag), {"Content-Type": BATCH})
+        assert status == 200, body
+    url = f"http://{node.address}{STREAM_PATH}"
+
+    def fetch(offset, wait_ms=0):
+        entry = {"topic": "stream-big", "partition": 0, "fetch_offset": offset}
+        entry.update(last_fetched_epoch=-1 if offset == 0 else 0, leader_epoch=0)
+        return {"replica_id": 9, "max_wait_ms": wait_ms, "max_bytes": 1 << 20, "partitions": [entry]}
+
+    async def session():
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.send_bytes(orjson.dumps(fetch(0)))
+            first = await ws.receive(timeout=10)
+            await ws.send_bytes(orjson.dumps(fetch(2000, wait_ms=10_000)))  # parked at the end
+            await asyncio.sleep(0.2)
+            status, body, _ = await asyncio.to_thread(
+                node.request, "POST", path, big_batch("c"), {"Content-Type": BATCH}
+            )
+            assert status == 200, body
+            second = await ws.receive(timeout=10)
+            return first, second
+
+    first, second = asyncio.run(session())
+    assert first.type == second.type == aiohttp.WSMsgType.BINARY
+    assert len(first.data) > 250_000 and len(second.data) > 125_000
+    [(_, _, both)] = decode_fetch_response(first.data)
+    values = [r.value for r in decode_batches(both.data)]
+    assert values == [b"a" * 100] * 1000 + [b"b" * 100] * 1000
+    [(_, _, third)] = decode_fetch_response(second.data)
+    assert [r.offset for r in decode_batches(third.data)] == list(range(2000, 3000))
+    assert {r.value for r in decode_batches(third.data)} == {b"c" * 100}
+
+
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_refused_and_writes_nothing(node, case):
     _, method, path, body, headers, status, code, fragment = case
