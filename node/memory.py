@@ -5,9 +5,9 @@ each (one or more 1,000-record batches), allocated and freed hundreds of times a
 glibc's defaults such buffers are either mmapped and unmapped each time (above the mmap threshold,
 128 KB at start) or, once glibc raises that threshold, taken from the heap top, which is given back
 to the system whenever more than twice the threshold is free there. Either way the next buffer
-lands on fresh pages, and every 4 KB page costs a page fault and a zero fill: 37-62 minor faults per
-replicated batch in the replication benchmark, against 0-5 without replication
-(docs/performance.md, "Replication: where the CPU goes").
+lands on fresh pages, and every 4 KB page costs a page fault and a zero fill: 22-54 minor faults per
+replicated batch at 2 and 4 clients in the replication benchmark, under 1 with these settings
+(docs/performance.md, "Allocator, parked fetches and recent batch starts").
 
 What: buffers up to `MMAP_THRESHOLD_BYTES` come from the heap, the heap keeps up to
 `TRIM_THRESHOLD_BYTES` of free memory at its top instead of returning it, and grows by

@@ -436,7 +436,18 @@ def test_consume_follows_new_records_until_ctrl_c(node, cli):
     topic = new_topic(cli)
     ok(cli("produce", topic, stdin=b"old\n"))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "raftka.cli", "--bootstrap", node.address, "consume", topic],
+        # -X faulthandler: if it does not stop after Ctrl-C, SIGABRT makes it print every thread's stack.
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "raftka.cli",
+            "--bootstrap",
+            node.address,
+            "consume",
+            topic,
+        ],
         bufsize=0,  # raw pipes: no line hides in a Python buffer where select() cannot see it
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -463,7 +474,14 @@ def test_consume_follows_new_records_until_ctrl_c(node, cli):
         assert readline_within(follower.stdout, 10) == b"last\n"  # printed as it arrives, not at exit
         assert follower.poll() is None  # still following
         follower.send_signal(signal.SIGINT)
-        assert follower.wait(10) == 0
+        try:
+            code = follower.wait(10)
+        except subprocess.TimeoutExpired:
+            follower.send_signal(signal.SIGABRT)
+            follower.wait(10)
+            stacks = follower.stderr.read().decode(errors="replace")
+            raise AssertionError(f"still running 10 s after Ctrl-C; its threads:\n{stacks}") from None
+        assert code == 0
         assert follower.stdout.read() == b""
         assert b"Traceback" not in follower.stderr.read()
     finally:

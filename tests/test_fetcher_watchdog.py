@@ -55,7 +55,7 @@ async def run_against(answer: bool, seconds: float) -> tuple[int, int, FakeParti
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     partition = FakePartition()
     async with aiohttp.ClientSession() as http:
         node = SimpleNamespace(
