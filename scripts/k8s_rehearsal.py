@@ -355,6 +355,14 @@ class Rehearsal:
         except (OSError, ValueError):
             return False
 
+    def not_ready_reason(self, ordinal: int) -> str:
+        """What the pod's /readyz says (or why it did not answer)."""
+        try:
+            status, body = self.request(ordinal, "GET", "/readyz", timeout_s=2)
+        except (OSError, ValueError) as exc:
+            return repr(exc)
+        return body.get("message", str(body)) if isinstance(body, dict) else f"{status} {body}"
+
     def wait_ready(self, ordinals, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         pending = set(ordinals)
@@ -368,7 +376,10 @@ class Rehearsal:
                 if self.ready(ordinal):
                     pending.discard(ordinal)
             if pending and time.monotonic() > deadline:
-                raise RuntimeError(f"pod(s) {sorted(pending)} not ready after {timeout_s:.0f} s")
+                reasons = {o: self.not_ready_reason(o) for o in sorted(pending)}
+                raise RuntimeError(
+                    f"pod(s) {sorted(pending)} not ready after {timeout_s:.0f} s: {reasons}\n{self.logs(40)}"
+                )
             time.sleep(0.1)
 
     def wait_for(self, what: str, condition, timeout_s: float, interval_s: float = 0.2):

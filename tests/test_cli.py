@@ -453,6 +453,7 @@ def test_consume_follows_new_records_until_ctrl_c(node, cli):
         stderr=subprocess.PIPE,
         env=clean_env(),
         cwd=ROOT,
+        preexec_fn=default_sigint,
     )
     assert follower.stdout is not None
     assert follower.stderr is not None
@@ -488,6 +489,13 @@ def test_consume_follows_new_records_until_ctrl_c(node, cli):
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+def default_sigint() -> None:
+    """In the child, before it starts: Ctrl-C as a terminal delivers it. A test run started in the
+    background by a shell without job control (`.ci/run &`) hands its children SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the consumer would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def readline_within(pipe, timeout_s: float) -> bytes:
