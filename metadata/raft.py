@@ -94,6 +94,9 @@ _FAILURES = {
 }
 
 
+RAFT_LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER, as onStateChanged reports it
+
+
 class MetadataUnavailableError(MetadataError):
     """The command could not be committed (no quorum, leader change, timeout); it may still apply."""
 
@@ -206,7 +209,11 @@ class RaftMetadataStore:
             bindAddress=bind_address if self_address is not None else None,
             dynamicMembershipChange=False,
             commandsWaitLeader=True,
+            onStateChanged=self._on_state_changed,
         )
+        # The term this member leads in, or None: set by pysyncobj's thread as the state changes
+        # (see leader_term).
+        self._leader_term: int | None = None
         self._syncobj = SyncObj(self_address, peers, conf, consumers=[self._machine])
 
     # -- the tick thread side -----------------------------------------------------------------------
@@ -302,6 +309,26 @@ class RaftMetadataStore:
         ):
             await asyncio.sleep(0.02)
         return self.image
+
+    def _on_state_changed(self, old_state: int, new_state: int) -> None:
+        """pysyncobj's thread, inside the state change: the term is the one the new state holds.
+        (An election takes at least raft_min_timeout_s, long after `_syncobj` is set.)"""
+        syncobj = getattr(self, "_syncobj", None)
+        leading = new_state == RAFT_LEADER_STATE and syncobj is not None
+        self._leader_term = syncobj._getTerm() if leading else None
+
+    def leader_term(self) -> int | None:
+        """The term this member leads in, or None when it does not lead, read in one step.
+
+        `is_raft_leader()` and `raft_term()` read separately can pair a new term with the old state:
+        pysyncobj's thread stores a higher term it hears of before it steps down, so a leader of
+        term 3 could read "leader" and then term 4. It would then activate itself as controller
+        for epoch 4, the command would be committed by the real leader of term 4, and no node would
+        act as controller until the next election (seen in the Kubernetes rehearsal). This pair is
+        written by pysyncobj's thread as the state changes and read here as one value."""
+        if self.self_address is None:
+            return None
+        return self._leader_term
 
     def is_raft_leader(self) -> bool:
         return self.self_address is not None and self._syncobj._isLeader()

@@ -74,16 +74,15 @@ class ControllerService:
     @property
     def active(self) -> bool:
         image = self.store.image
+        term = self.store.leader_term()
         return (
-            self.store.is_raft_leader()
-            and image.controller_id == self.config.node_id
-            and image.controller_epoch == self.store.raft_term()
+            term is not None and image.controller_id == self.config.node_id and image.controller_epoch == term
         )
 
     def require_active(self) -> MetadataImage:
         if not self.active:
             raise NotControllerError(self.config.node_id, self.store.image.controller_id)
-        term = self.store.raft_term()
+        term = self.store.image.controller_epoch  # the term this node leads in, as it is active
         if self.sessions is None or self._sessions_epoch != term:
             self.sessions = BrokerSessions(self.config.session_timeout_ms, now_ms())
             self._sessions_epoch = term
@@ -105,10 +104,10 @@ class ControllerService:
 
     async def _tick(self) -> None:
         store = self.store
-        if not store.is_raft_leader():
+        term = store.leader_term()  # leadership and its term read together (see leader_term)
+        if term is None:
             self.sessions = None
             return
-        term = store.raft_term()
         image = store.image
         if image.controller_epoch < term:
             cluster_id = self.node.cluster_id or self.config.cluster_id or uuid.uuid4().hex

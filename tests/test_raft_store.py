@@ -107,3 +107,46 @@ def test_after_a_full_restart_every_member_waits_for_all_committed_commands(tmp_
     committed = asyncio.run(first_life())
     asyncio.run(asyncio.sleep(0.5))  # let the tick threads close their files
     asyncio.run(second_life(committed))
+
+
+def test_leader_term_names_the_leader_and_its_term_and_no_one_else(tmp_path):
+    async def scenario():
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+        stores = open_stores(tmp_path, addresses)
+        try:
+            leader = await leader_of(stores)
+            assert leader.leader_term() == leader.raft_term() > 0
+            assert [s.leader_term() for s in stores if s is not leader] == [None, None]
+        finally:
+            close_all(stores)
+
+    asyncio.run(scenario())
+
+
+def test_a_stepping_down_leader_never_pairs_leadership_with_the_new_term(tmp_path):
+    """pysyncobj stores a higher term it hears of before it steps down. Read apart, leadership and
+    term then say "leader of term 4" on the leader of term 3, which activated itself as controller
+    for epoch 4: committed by the real leader of term 4, that left no node acting as controller
+    (the Kubernetes rehearsal's pod that never got ready). `leader_term` reads them as one."""
+
+    class SteppingDown:
+        term = 3
+        state = "leader"
+
+        def _getTerm(self):
+            return self.term
+
+        def _isLeader(self):
+            return self.state == "leader"
+
+    store = RaftMetadataStore.__new__(RaftMetadataStore)  # the read side only, no Raft member
+    store.self_address = "127.0.0.1:1"
+    store._syncobj = raft = SteppingDown()
+    store._on_state_changed(1, 2)  # candidate -> leader, in term 3
+    assert store.leader_term() == 3
+    raft.term = 4  # a message of term 4 arrives: pysyncobj stores the term first ...
+    assert (store.is_raft_leader(), store.raft_term()) == (True, 4)  # the pair that misled
+    assert store.leader_term() == 3  # an activation for epoch 3 is ignored: the image has it
+    raft.state = "follower"
+    store._on_state_changed(2, 0)  # ... and then steps down
+    assert store.leader_term() is None
