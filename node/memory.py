@@ -47,10 +47,8 @@ SETTINGS = (
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's `mallopt`, or None on another C library."""
-    if not os.confstr_names.get("CS_GNU_LIBC_VERSION"):
-        return None
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
+        if not os.confstr("CS_GNU_LIBC_VERSION"):  # ValueError where the name is unknown
             return None
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except (OSError, ValueError):

@@ -501,7 +501,7 @@ class ReplicaManager:
     def apply_image(self, image: MetadataImage) -> None:
         """Open logs for new local replicas, update changed ones, delete logs of removed topics."""
         self.image = image
-        self._followed = None
+        self._followed = None  # worked out again on the next ask, from the updated partitions
         wanted: set[tuple[str, int]] = set()
         for topic in image.topics.values():
             config = log_config(dict(topic.configs))
@@ -537,7 +537,6 @@ class ReplicaManager:
         for key in self.log_manager.logs():
             if key not in wanted:  # the topic was deleted (perhaps while this node was down)
                 self.log_manager.delete_log(*key)
-        self._followed = None
 
     @staticmethod
     def _upper_bound(partition: Partition):

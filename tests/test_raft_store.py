@@ -50,8 +50,10 @@ async def activate(stores):
     """What the controller service does first: commit an activation for the leader's term."""
     while True:
         leader = await leader_of(stores)
-        with contextlib.suppress(MetadataError):
-            return leader, await leader.propose(ActivateController(1, leader.raft_term()))
+        term = leader.leader_term()  # leadership and its term together, as the controller reads them
+        if term is not None:
+            with contextlib.suppress(MetadataError):
+                return leader, await leader.propose(ActivateController(1, term))
         await asyncio.sleep(0.05)
 
 
@@ -59,9 +61,10 @@ async def keep_activating(stores):
     """As the controller service does: whenever a leader's term is newer than the image's epoch."""
     while True:
         for store in stores:
-            if store.is_raft_leader() and store.image.controller_epoch < store.raft_term():
+            term = store.leader_term()
+            if term is not None and store.image.controller_epoch < term:
                 with contextlib.suppress(MetadataError):
-                    await store.propose(ActivateController(1, store.raft_term()))
+                    await store.propose(ActivateController(1, term))
         await asyncio.sleep(0.05)
 
 
