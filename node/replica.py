@@ -34,6 +34,7 @@ from node.replication import (
     follower_truncation_offset,
     leader_check_fetch,
 )
+from node.tail_cache import TailCache, TailCacheBudget
 from storage.cleaner import LogCleaner
 from storage.errors import (
     BatchTooLargeError,
@@ -46,7 +47,7 @@ from storage.errors import (
 from storage.log import AppendInfo, PartitionLog
 from storage.manager import LogManager
 from storage.producer_state import Verdict
-from storage.record_batch import BatchHeader, CorruptBatchError
+from storage.record_batch import BatchHeader, CorruptBatchError, stamped_batch
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,13 @@ class Partition:
     followers' fetches) or a follower (applies what the leader sends), as the metadata says."""
 
     def __init__(
-        self, topic: str, index: int, partition_log: PartitionLog, info: PartitionInfo, node_id: int
+        self,
+        topic: str,
+        index: int,
+        partition_log: PartitionLog,
+        info: PartitionInfo,
+        node_id: int,
+        tail_budget: TailCacheBudget | None = None,
     ):
         self.topic = topic
         self.index = index
@@ -105,6 +112,8 @@ class Partition:
         self._parked: list[asyncio.Future] = []
         self._wake_scheduled = False  # a deferred wake of the parked fetches is on its way
         self._waiters: list[tuple[int, asyncio.Future]] = []  # acks=all: (last offset, future)
+        # As leader: the batches appended above the HW, for the followers' next fetches (node/tail_cache.py).
+        self._tail = TailCache(tail_budget if tail_budget is not None else TailCacheBudget())
 
     # -- roles --------------------------------------------------------------------------------------
 
@@ -135,6 +144,7 @@ class Partition:
         # The epoch enters the epoch cache with its first batch, not now: an entry without batches
         # would make this replica, deposed before writing, report an epoch it holds nothing of.
         start = self.log.log_end_offset
+        self._tail.clear()
         self.leader = LeaderCore(
             replica_id=self.node_id,
             replicas=info.replicas,
@@ -158,6 +168,7 @@ class Partition:
         self._high_watermark_moved()
 
     def _become_follower(self, info: PartitionInfo) -> None:
+        self._tail.clear()
         if self.leader is not None:
             self.follower_high_watermark = min(self.leader.high_watermark, self.log.log_end_offset)
             self.leader = None
@@ -229,6 +240,11 @@ class Partition:
             raise ApiError(50002, f"storage error appending to {self.topic}-{self.index}: {exc}") from None
         if leader.on_append(self.log.log_end_offset):
             self._high_watermark_moved()
+        next_offset = info.last_offset + 1
+        if not info.duplicate and leader.high_watermark < next_offset:
+            self._tail.add(
+                info.first_offset, next_offset, stamped_batch(batch, info.first_offset, leader.leader_epoch)
+            )
         self._wake_after_append()
         return info
 
@@ -263,6 +279,7 @@ class Partition:
 
     def _high_watermark_moved(self) -> None:
         hw = self.high_watermark
+        self._tail.drop_below(hw)
         if self._waiters:
             waiting = []
             for entry in self._waiters:
@@ -311,7 +328,11 @@ class Partition:
             return ReplicaFetchResult(b"", leader.high_watermark, lso, leo, error_code=41601)
         if leader.on_fetch(replica_id, fetch_offset, now_ms(), replica_epoch):
             self._high_watermark_moved()
-        data = self.log.read(fetch_offset, max_bytes) if fetch_offset < leo else b""
+        if fetch_offset >= leo:
+            data = b""
+        else:
+            cached = self._tail.read(fetch_offset, max_bytes)
+            data = cached if cached is not None else self.log.read(fetch_offset, max_bytes)
         return ReplicaFetchResult(data, leader.high_watermark, lso, leo)
 
     def isr_proposal(self, lag_time_max_ms: int) -> IsrProposal | None:
@@ -416,6 +437,7 @@ class Partition:
     def stop(self) -> None:
         """The replica leaves this node (topic deleted, reassigned): fail what waits on it."""
         self.leader = None
+        self._tail.clear()
         self._fail_waiters(ApiError(40403, f"{self.topic}-{self.index} is no longer on node {self.node_id}"))
         self._wake_parked()
 
@@ -497,6 +519,7 @@ class ReplicaManager:
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
         self._followed: dict[int, list[Partition]] | None = None  # see followed()
+        self.tail_budget = TailCacheBudget()  # shared by the partitions' tail caches
 
     def apply_image(self, image: MetadataImage) -> None:
         """Open logs for new local replicas, update changed ones, delete logs of removed topics."""
@@ -521,7 +544,9 @@ class ReplicaManager:
                     partition_log = self.log_manager.get_or_create_log(
                         topic.name, index, config, topic.topic_id
                     )
-                    partition = Partition(topic.name, index, partition_log, NO_INFO, self.node_id)
+                    partition = Partition(
+                        topic.name, index, partition_log, NO_INFO, self.node_id, self.tail_budget
+                    )
                     partition.topic_id = topic.topic_id
                     self.partitions[key] = partition
                     self.cleaner.register(

@@ -378,6 +378,12 @@ def stamp_prefix(batch: bytes | bytearray | memoryview, base_offset: int, leader
     return _PREFIX.pack(base_offset, length, leader_epoch, MAGIC)
 
 
+def stamped_batch(batch: bytes | bytearray | memoryview, base_offset: int, leader_epoch: int) -> bytes:
+    """One whole batch as the leader's log writes it: `stamp_prefix` in place of its first 17 bytes."""
+    view = memoryview(batch)
+    return b"".join((stamp_prefix(view, base_offset, leader_epoch), view[17:]))
+
+
 def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | None = None) -> list[Record]:
     """Decode every record of one batch (checksum not checked here: call check_batch first)."""
     if header is None:
