@@ -133,7 +133,8 @@ class PartitionLog:
         background_flush: bool = False,
     ):
         """`background_flush`: something calls `maybe_flush` periodically from another thread (the
-        LogManager's owner does), so appends never fsync for flush.policy=interval themselves."""
+        LogManager's owner does), so appends never fsync for flush.policy=interval themselves, and a
+        roll leaves the fsync of the segment it seals to that sweep."""
         self.directory = directory
         self.config = config
         self.clock = clock
@@ -149,6 +150,7 @@ class PartitionLog:
         self.truncations = 0  # bumped by every truncation: a cleaning that spans one is dropped
         self._last_flush_ms = clock.now_ms()
         self.background_flush = background_flush
+        self._sealed_unflushed = False  # a roll left its sealed segment's fsync to maybe_flush
         self.load_report = self._load(clean_shutdown)
 
     # -- loading -----------------------------------------------------------------------------------
@@ -378,9 +380,15 @@ class PartitionLog:
         new = LogSegment(self.directory, base_offset, self.config)
         self.segments.add(new)
         # Flush what the sealed segment holds so recovery after a crash only re-scans the active one.
-        active.flush()
-        fsync_dir(self.directory)
-        self.recovery_point = max(self.recovery_point, self.log_end_offset)
+        if self.background_flush:
+            # By the next sweep (maybe_flush), in its thread: here the fsync would hold the appender,
+            # the node's event loop, for as long as the disk takes to write up to a flush interval of
+            # data (a quarter of a second was measured). The recovery point moves once it is done.
+            self._sealed_unflushed = True
+        else:
+            active.flush()
+            fsync_dir(self.directory)
+            self.recovery_point = max(self.recovery_point, self.log_end_offset)
         self.producer_state.map_end_offset = self.log_end_offset
         self.producer_state.take_snapshot()
         return new
@@ -586,6 +594,9 @@ class PartitionLog:
         with self.lock:
             self._check_open()
             self._flush_segments(self.recovery_point)
+            if self._sealed_unflushed:
+                fsync_dir(self.directory)
+                self._sealed_unflushed = False
             self.recovery_point = self.log_end_offset
             self._last_flush_ms = self.clock.now_ms()
 
@@ -594,7 +605,8 @@ class PartitionLog:
             segment.flush()
 
     def maybe_flush(self) -> bool:
-        """Flush if the interval policy says it is time (called periodically, from a worker thread).
+        """Flush if the interval policy says it is time, or a roll left its sealed segment to flush
+        (called periodically, from a worker thread; the latter under every policy).
 
         The fsyncs run without the log's lock, so appends (on the node's event loop) never wait for
         the disk: the lock is held only to pick the segments and, afterwards, to move the recovery
@@ -603,25 +615,42 @@ class PartitionLog:
         with self.lock:
             if self.closed or self.recovery_point >= self.log_end_offset:
                 return False
-            if self.config.flush_policy is FlushPolicy.OS:
-                return False
-            if self.clock.now_ms() - self._last_flush_ms < self.config.flush_interval_ms:
+            due = (
+                self.config.flush_policy is not FlushPolicy.OS
+                and self.clock.now_ms() - self._last_flush_ms >= self.config.flush_interval_ms
+            )
+            sealed = self._sealed_unflushed
+            if not (due or sealed):
                 return False
             segments = list(self.segments.from_offset(self.recovery_point))
             target = self.log_end_offset
+            if not due:  # only what the rolls sealed
+                active = self.segments.active
+                segments = [segment for segment in segments if segment is not active]
+                target = active.base_offset
+            self._sealed_unflushed = False
             truncations = self.truncations
-        for segment in segments:
-            try:
-                segment.flush()
-            except (OSError, ValueError):
-                # Closed or deleted meanwhile (retention, truncation, a cleaner swap, shutdown):
-                # nothing to flush there; anything else is a real disk error.
-                if not segment.closed:
-                    raise
+        try:
+            for segment in segments:
+                try:
+                    segment.flush()
+                except (OSError, ValueError):
+                    # Closed or deleted meanwhile (retention, truncation, a cleaner swap, shutdown):
+                    # nothing to flush there; anything else is a real disk error.
+                    if not segment.closed:
+                        raise
+            if sealed:
+                fsync_dir(self.directory)  # the new segments' names
+        except BaseException:
+            if sealed:
+                with self.lock:
+                    self._sealed_unflushed = True  # the next sweep tries again
+            raise
         with self.lock:
             if not self.closed and self.truncations == truncations:
                 self.recovery_point = max(self.recovery_point, min(target, self.log_end_offset))
-            self._last_flush_ms = self.clock.now_ms()
+            if due:
+                self._last_flush_ms = self.clock.now_ms()
         return True
 
     def close(self) -> None:
