@@ -73,6 +73,32 @@ CASES = [
         False,
     ),
     ("acked alter of an absent topic", [op("ok", "alter", 1, 5)], final(True, 5), False),
+    # A link held the create back past its 50303; the next operation, through another node, found no
+    # topic; then the create reached the controller (a CI run's history, seed 11, link-half-open).
+    (
+        "unknown create lands after a refused alter",
+        [op("info", "create", 18.29, code=50303), op("fail", "alter", 18.35, 86400039, code=40401)],
+        final(True, DEFAULT_RETENTION_MS),
+        True,
+    ),
+    (
+        "unknown alter lands after a later acked one",
+        [op("ok", "create", 1), op("info", "alter", 2, 5), op("ok", "alter", 3, 6)],
+        final(True, 5),
+        True,
+    ),
+    (
+        "an unknown create takes effect once",
+        [op("info", "create", 1), op("ok", "delete", 2)],
+        final(True, DEFAULT_RETENTION_MS),
+        False,
+    ),
+    (
+        "an unknown alter cannot bring back a deleted topic",
+        [op("ok", "create", 1), op("info", "alter", 2, 5), op("ok", "delete", 3)],
+        final(True, 5),
+        False,
+    ),
 ]
 
 

@@ -15,9 +15,10 @@ Starting from "absent", each operation in order narrows or widens the set of sta
 in (a state is absent, or present with a retention value): an `ok` must have been legal in the state
 it applied to and leaves its effect; a `fail` must have been refused there (a create of a name that
 exists, a change or delete of one that does not) or the refusal was for another reason (kept as is);
-an `info` may have applied at its place or not at all. (A change whose answer was lost can take
-effect only at its place in the controller's log, before anything proposed after it.) The final state
-must be one of the possible states; otherwise an acknowledged change was lost or something no one
+an `info` may have applied at its place, at any later point, or not at all: its request may reach
+the controller after requests sent later (a link that held it back delivers it once it heals, and
+the next operation may go through another node), so it counts as concurrent with everything after
+it, and takes effect at most once. The final state must be one of the possible states; otherwise an acknowledged change was lost or something no one
 asked for happened, an anomaly reported with the name's operations.
 """
 
@@ -138,20 +139,41 @@ def _step(state: tuple, op: dict) -> tuple | None:
 
 
 def possible_final_states(ops: list[dict]) -> set[tuple]:
-    """The states a name can end in, given its completed operations in order (see the module notes)."""
-    states = {ABSENT}
-    for op in ops:
-        after = {(s, _step(s, op)) for s in states}
+    """The states a name can end in, given its completed operations in order (see the module notes).
+
+    A world is (state, the `info` operations that may still take effect); before each operation and
+    before the final read, any of those may take effect, each at most once."""
+    worlds: set[tuple[tuple, frozenset[int]]] = {(ABSENT, frozenset())}
+    for index, op in enumerate(ops):
+        worlds = _with_late_effects(worlds, ops)
         if op["type"] == "ok":
-            states = {new for _, new in after if new is not None}
+            worlds = {(new, pending) for state, pending in worlds if (new := _step(state, op)) is not None}
         elif op["type"] == "fail":
-            refused_here = {old for old, new in after if new is None}
-            states = refused_here or states  # a refusal for another reason leaves the state as it was
-        else:  # info: applied at its place, or not at all
-            states = states | {new for _, new in after if new is not None}
-        if not states:
+            refused_here = {world for world in worlds if _step(world[0], op) is None}
+            worlds = refused_here or worlds  # a refusal for another reason leaves the state as it was
+        else:  # info: takes effect at its place, later, or never
+            later = {(state, pending | {index}) for state, pending in worlds}
+            now = {(new, pending) for state, pending in worlds if (new := _step(state, op)) is not None}
+            worlds = later | now
+        if not worlds:
             return set()
-    return states
+    return {state for state, _ in _with_late_effects(worlds, ops)}
+
+
+def _with_late_effects(worlds: set, ops: list[dict]) -> set:
+    """`worlds` and every world reached by pending `info` operations taking effect now, in any order
+    (one the controller would refuse there changes nothing and is settled)."""
+    seen = set(worlds)
+    todo = list(worlds)
+    while todo:
+        state, pending = todo.pop()
+        for index in pending:
+            after = _step(state, ops[index])
+            world = (state if after is None else after, pending - {index})
+            if world not in seen:
+                seen.add(world)
+                todo.append(world)
+    return seen
 
 
 def check_metadata(history: list[dict]) -> dict[str, Any]:
