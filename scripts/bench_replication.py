@@ -7,31 +7,39 @@ and creates two topics of 3 partitions each, one led by each node: `rf1` (replic
 `rf3` (replication factor 3, min.insync.replicas 2). It waits until every rf3 partition's ISR is full
 and every follower has fetched.
 
-Each case (rf1, rf3) runs N client processes (multiprocessing, spawned before the clock starts and
-released together by a barrier). Each client produces 1,000-record batches of 100-byte values (9-byte
-keys) for S seconds with `--in-flight` requests in flight, round robin over the topic's 3 partitions,
-each batch posted straight to the partition's leader on the binary path
+For each client count N it spawns N client processes (multiprocessing) once. They keep their
+connections and run a schedule of slices of S seconds, each slice on one topic, released together by a
+barrier; at the end of a slice every request is answered before the next slice starts. In a slice each
+client produces 1,000-record batches of 100-byte values (9-byte keys) with `--in-flight` requests in
+flight, round robin over the topic's 3 partitions, each batch posted straight to the partition's
+leader on the binary path
 (`POST /v1/topics/{t}/partitions/{p}/records?acks=all`, application/vnd.raftka.batch). By default a
 client encodes one batch with the storage codec before the clock starts and sends those bytes every
 time (`--encode once`): the records are not idempotent, so the leader takes repeated bytes as new
 records, and the client's ~1 ms of encoding per batch stays off the 2 cores the nodes share with it.
 `--encode each` encodes every batch afresh, as the client library's Producer does.
 
-Per case it prints records/s and MB/s (acknowledged records over the wall time from the barrier to the
-last answer), p50/p99 request latency, failed requests, and the CPU seconds each node process and the
-clients used (from /proc/<pid>/stat and the clients' own process time), plus the followers' replica
-fetch requests (from each node's /metrics). Cases alternate (rf1, rf3, rf1, rf3 ...) for `--rounds`,
-at each client count of `--clients`; the summary gives rf3/rf1 from the same run and whether RF=3
-keeps at least 40% of the RF=1 throughput. Three short rounds by default rather than two longer ones:
-on a shared machine the speed drifts within a minute, and more alternations average that out of the
-ratio (single rounds of one run differed by up to 0.2).
+Per slice it prints records/s and MB/s (acknowledged records over the wall time from the barrier to
+the last answer), p50/p99 request latency, failed requests, and the CPU seconds each node process and
+the clients used (from /proc/<pid>/stat and the clients' own process time), plus the followers'
+replica fetch requests (from each node's /metrics). A round is one slice of each topic; rounds
+alternate their order (rf1 rf3, rf3 rf1, rf1 rf3 ...), for `--rounds` rounds at each client count of
+`--clients`. The summary gives rf3/rf1 from the same run (records over time, all rounds pooled) and
+whether RF=3 keeps at least 40% of the RF=1 throughput.
+
+Why slices in the same client processes: on a shared machine the speed drifts by a third within a
+minute (in one run RF=1 went from 1.97 to 1.2 million records/s). Spawning the clients anew for each
+case put about a second between an rf1 case and the rf3 case it was compared with, and rf1 always went
+first. Here the two slices of a round are milliseconds apart, and the alternating order cancels a
+steady drift. It cannot cancel faster changes: single rounds still differ by 0.1-0.2, so read the
+pooled ratio.
 
 At the end it checks that nothing was lost or duplicated: each partition's log end offset equals the
 records acknowledged for it, on every replica (each node's own log, from its /metrics, and the
 leader's view of its followers, `replica_log_end_offsets`), and the high watermark equals it too.
 
-    .venv/bin/python scripts/bench_replication.py [--clients 2] [--seconds 4] [--in-flight 2]
-        [--rounds 3] [--acks all] [--encode once|each] [--keep]
+    .venv/bin/python scripts/bench_replication.py [--clients 2] [--seconds 3] [--in-flight 2]
+        [--rounds 4] [--acks all] [--encode once|each] [--keep]
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import re
 import shutil
 import statistics
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -207,41 +216,38 @@ def scrape(url: str) -> dict[str, float]:
 # -- a client process --------------------------------------------------------------------------------
 
 
-def client_main(number: int, urls: list[str], args: argparse.Namespace, barrier, results) -> None:
+def client_main(number: int, urls: dict[str, list[str]], schedule: list[str], args, barrier, results) -> None:
     try:
-        results.put(asyncio.run(produce(number, urls, args, barrier)))
-    except BaseException as exc:  # the parent reports it; never leave it waiting
+        results.put(asyncio.run(produce(number, urls, schedule, args, barrier)))
+    except BaseException as exc:  # the parent reports it; never leave it or the others waiting
+        barrier.abort()
         results.put({"number": number, "fatal": f"{type(exc).__name__}: {exc}"})
         raise
 
 
-async def produce(number: int, urls: list[str], args: argparse.Namespace, barrier) -> dict:
+async def produce(number: int, urls: dict[str, list[str]], schedule: list[str], args, barrier) -> dict:
+    """Run the slices of `schedule` (a topic each), each between two barriers; the figures per slice."""
     value = os.urandom(VALUE_BYTES)
     records = [NewRecord(b"key-%05d" % i, value, None, ()) for i in range(BATCH_RECORDS)]
     fixed = encode_batch(records, now_ms=time.time_ns() // 1_000_000)
-    acked = [0] * len(urls)  # records acknowledged per partition
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sent_bytes = 0
     turn = itertools.count(number)  # clients start at different partitions
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    slices = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.to_thread(barrier.wait, CLIENT_START_TIMEOUT_S)
-        cpu_started = time.process_time()
-        started = time.perf_counter()
-        deadline = started + args.seconds
 
-        async def worker() -> None:
-            nonlocal sent_bytes
+        async def worker(topic: str, deadline: float, out: dict) -> None:
+            leaders = urls[topic]
             while time.perf_counter() < deadline:
-                partition = next(turn) % len(urls)
+                partition = next(turn) % len(leaders)
                 batch = (
                     fixed
                     if args.encode == "once"
                     else encode_batch(records, now_ms=time.time_ns() // 1_000_000)
                 )
-                url = f"{urls[partition]}/v1/topics/{args.topic}/partitions/{partition}/records?acks={args.acks}"
+                url = (
+                    f"{leaders[partition]}/v1/topics/{topic}/partitions/{partition}/records?acks={args.acks}"
+                )
                 sent = time.perf_counter()
                 try:
                     async with session.post(url, data=batch, headers={"Content-Type": BATCH}) as response:
@@ -251,82 +257,112 @@ async def produce(number: int, urls: list[str], args: argparse.Namespace, barrie
                     status, body = None, f"{type(exc).__name__}: {exc}".encode()
                 if status != 200:
                     message = f"{status} {body[:160].decode(errors='replace')}"
-                    errors[message] = errors.get(message, 0) + 1
+                    out["errors"][message] = out["errors"].get(message, 0) + 1
                     continue
-                latencies.append(time.perf_counter() - sent)
-                acked[partition] += BATCH_RECORDS
-                sent_bytes += len(batch)
+                out["finished"] = time.perf_counter()
+                out["latencies"].append(out["finished"] - sent)
+                out["acked"][partition] += BATCH_RECORDS
+                out["bytes"] += len(batch)
 
-        await asyncio.gather(*(worker() for _ in range(args.in_flight)))
-        finished = time.perf_counter()
-    return {
-        "number": number,
-        "acked": acked,
-        "latencies": latencies,
-        "errors": dict(sorted(errors.items(), key=lambda e: -e[1])[:ERRORS_KEPT]),
-        "failed": sum(errors.values()),
-        "bytes": sent_bytes,
-        "started": started,
-        "finished": finished,
-        "cpu_s": time.process_time() - cpu_started,
-    }
+        for topic in schedule:
+            await asyncio.to_thread(barrier.wait, CLIENT_START_TIMEOUT_S)  # the slice starts
+            cpu_started = time.process_time()
+            started = time.perf_counter()
+            out = {
+                "acked": [0] * len(urls[topic]),  # records acknowledged per partition
+                "latencies": [],
+                "errors": {},
+                "bytes": 0,
+                "started": started,
+                "finished": started,
+            }
+            await asyncio.gather(*(worker(topic, started + args.seconds, out) for _ in range(args.in_flight)))
+            out["cpu_s"] = time.process_time() - cpu_started
+            errors = sorted(out["errors"].items(), key=lambda e: -e[1])
+            out["failed"] = sum(count for _, count in errors)
+            out["errors"] = dict(errors[:ERRORS_KEPT])
+            slices.append(out)
+            await asyncio.to_thread(barrier.wait, args.seconds + REQUEST_TIMEOUT_S + 30)  # all answered
+    return {"number": number, "slices": slices}
 
 
-# -- one case ----------------------------------------------------------------------------------------
+# -- one client count --------------------------------------------------------------------------------
 
 
-def run_case(cluster: LocalCluster, leaders: list[str], topic: str, clients: int, args) -> dict:
+def slice_schedule(rounds: int) -> list[str]:
+    """One slice of each topic per round, the order alternating: rf1 rf3, rf3 rf1, rf1 rf3 ..."""
+    order = list(TOPICS)
+    return [t for r in range(rounds) for t in (order if r % 2 == 0 else order[::-1])]
+
+
+def run_client_count(cluster: LocalCluster, leaders: dict[str, list[str]], clients: int, args) -> list[dict]:
+    """Spawn the clients once and run every slice of the schedule; one result per slice."""
+    schedule = slice_schedule(args.rounds)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(clients + 1)
     results = context.Queue()
-    case_args = argparse.Namespace(**{**vars(args), "topic": topic})
     processes = [
-        context.Process(target=client_main, args=(i, leaders, case_args, barrier, results), daemon=True)
+        context.Process(target=client_main, args=(i, leaders, schedule, args, barrier, results), daemon=True)
         for i in range(clients)
     ]
     for process in processes:
         process.start()
+    measured = []
     try:
-        before_metrics = {n.node_id: scrape(n.url) for n in cluster.nodes}
-        barrier.wait(CLIENT_START_TIMEOUT_S)
-        before_cpu = {n.node_id: process_cpu_s(n.proc.pid) for n in cluster.nodes}
-        wall_started = time.perf_counter()
-        answers = [results.get(timeout=args.seconds + REQUEST_TIMEOUT_S + 30) for _ in processes]
-        wall_s = time.perf_counter() - wall_started
-        after_cpu = {n.node_id: process_cpu_s(n.proc.pid) for n in cluster.nodes}
-        after_metrics = {n.node_id: scrape(n.url) for n in cluster.nodes}
+        try:
+            for number, _topic in enumerate(schedule):
+                before_metrics = {n.node_id: scrape(n.url) for n in cluster.nodes}
+                before_cpu = {n.node_id: process_cpu_s(n.proc.pid) for n in cluster.nodes}
+                barrier.wait(CLIENT_START_TIMEOUT_S if number == 0 else REQUEST_TIMEOUT_S)
+                wall_started = time.perf_counter()
+                barrier.wait(args.seconds + REQUEST_TIMEOUT_S + 30)
+                wall_s = time.perf_counter() - wall_started
+                after_cpu = {n.node_id: process_cpu_s(n.proc.pid) for n in cluster.nodes}
+                after_metrics = {n.node_id: scrape(n.url) for n in cluster.nodes}
+                measured.append((wall_s, before_cpu, after_cpu, before_metrics, after_metrics))
+        except threading.BrokenBarrierError:
+            barrier.abort()
+        answers = [results.get(timeout=REQUEST_TIMEOUT_S) for _ in processes]
     finally:
         for process in processes:
             process.join(10)
             if process.is_alive():
                 process.kill()
     fatal = [a["fatal"] for a in answers if "fatal" in a]
-    if fatal:
-        raise RuntimeError(f"client(s) failed: {fatal}")
+    if fatal or len(measured) != len(schedule):
+        raise RuntimeError(f"client(s) failed: {fatal or 'a barrier broke'}")
+    return [
+        slice_result(topic, clients, [a["slices"][number] for a in answers], *measured[number])
+        for number, topic in enumerate(schedule)
+    ]
+
+
+def slice_result(topic, clients, parts, wall_s, before_cpu, after_cpu, before_metrics, after_metrics) -> dict:
+    """The clients' figures for one slice, with the nodes' CPU and fetch counts over it."""
     # perf_counter is system-wide on Linux (CLOCK_MONOTONIC), so the clients' times compare.
-    elapsed = max(a["finished"] for a in answers) - min(a["started"] for a in answers)
-    latencies = sorted(x for a in answers for x in a["latencies"])
-    records = sum(sum(a["acked"]) for a in answers)
+    elapsed = max(p["finished"] for p in parts) - min(p["started"] for p in parts)
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    records = sum(sum(p["acked"]) for p in parts)
     errors: dict[str, int] = {}
-    for answer in answers:
-        for message, count in answer["errors"].items():
+    for part in parts:
+        for message, count in part["errors"].items():
             errors[message] = errors.get(message, 0) + count
     return {
         "topic": topic,
         "clients": clients,
         "records": records,
-        "acked": [sum(a["acked"][p] for a in answers) for p in range(PARTITIONS)],
-        "records_s": records / elapsed,
-        "mb_s": sum(a["bytes"] for a in answers) / elapsed / 1e6,
+        "acked": [sum(p["acked"][i] for p in parts) for i in range(PARTITIONS)],
+        "records_s": records / elapsed if elapsed > 0 else 0.0,
+        "mb_s": sum(p["bytes"] for p in parts) / elapsed / 1e6 if elapsed > 0 else 0.0,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "requests": len(latencies),
-        "failed": sum(a["failed"] for a in answers),
+        "failed": sum(p["failed"] for p in parts),
         "errors": errors,
         "elapsed_s": elapsed,
         "wall_s": wall_s,
         "node_cpu_s": {i: after_cpu[i] - before_cpu[i] for i in before_cpu},
-        "client_cpu_s": sum(a["cpu_s"] for a in answers),
+        "client_cpu_s": sum(p["cpu_s"] for p in parts),
         "fetches": sum(
             after_metrics[i].get("fetches", 0) - before_metrics[i].get("fetches", 0) for i in after_metrics
         ),
@@ -413,11 +449,13 @@ def summarize(results: list[dict], client_counts: list[int], acks: str) -> bool:
     for clients in client_counts:
         rows = {t: [r for r in results if r["clients"] == clients and r["topic"] == t] for t in TOPICS}
         pooled = {
-            t: sum(r["records"] for r in rows[t]) / sum(r["elapsed_s"] for r in rows[t]) for t in TOPICS
+            t: sum(r["records"] for r in rows[t]) / max(1e-9, sum(r["elapsed_s"] for r in rows[t]))
+            for t in TOPICS
         }
-        ratio = pooled["rf3"] / pooled["rf1"]
+        ratio = pooled["rf3"] / pooled["rf1"] if pooled["rf1"] else 0.0
         per_round = ", ".join(
-            f"{b['records_s'] / a['records_s']:.2f}" for a, b in zip(rows["rf1"], rows["rf3"], strict=True)
+            f"{b['records_s'] / a['records_s']:.2f}" if a["records_s"] else "-"
+            for a, b in zip(rows["rf1"], rows["rf3"], strict=True)
         )
         p50 = {t: statistics.median(r["p50_ms"] for r in rows[t]) for t in TOPICS}
         p99 = {t: max(r["p99_ms"] for r in rows[t]) for t in TOPICS}
@@ -450,9 +488,9 @@ def node_log_notes(cluster: LocalCluster) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="2", help="client process counts, e.g. 1,2,4")
-    parser.add_argument("--seconds", type=float, default=4.0, help="produce time per case")
+    parser.add_argument("--seconds", type=float, default=3.0, help="produce time per slice")
     parser.add_argument("--in-flight", type=int, default=2, help="requests in flight per client")
-    parser.add_argument("--rounds", type=int, default=3, help="rf1, rf3 pairs per client count")
+    parser.add_argument("--rounds", type=int, default=4, help="slices of each topic per client count")
     parser.add_argument("--acks", default="all", choices=("all", "1"))
     parser.add_argument("--encode", default="once", choices=("once", "each"), help="see the module notes")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and node logs")
@@ -470,7 +508,8 @@ def main() -> None:
     print(
         f"{NODES} nodes, topics rf1 and rf3 of {PARTITIONS} partitions (one led by each node; rf3: "
         f"min.insync.replicas 2); acks={args.acks}; {BATCH_RECORDS:,}-record batches of {VALUE_BYTES}-byte "
-        f"values; {args.in_flight} in flight per client; {args.seconds:g} s per case; batches encoded {args.encode}"
+        f"values; {args.in_flight} in flight per client; {args.seconds:g} s per slice, {args.rounds} of each topic "
+        f"per client count; batches encoded {args.encode}"
     )
     data_dir = os.path.join(ROOT, "data", "bench-replication")
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -503,11 +542,9 @@ def main() -> None:
         )
         results = []
         for clients in client_counts:
-            for round_number in range(1, args.rounds + 1):
-                for topic in TOPICS:
-                    result = run_case(cluster, leaders[topic], topic, clients, args)
-                    results.append(result)
-                    print_row(result, round_number)
+            for number, result in enumerate(run_client_count(cluster, leaders, clients, args)):
+                results.append(result)
+                print_row(result, number // len(TOPICS) + 1)
         met = summarize(results, client_counts, args.acks)
         acked = {
             t: [sum(r["acked"][p] for r in results if r["topic"] == t) for p in range(PARTITIONS)]
