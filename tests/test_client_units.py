@@ -957,7 +957,10 @@ def test_a_batch_refused_for_good_resets_the_partition_sequence():
     node = FakeNode({"t": 1})
 
     async def scenario():
-        async with small_batches(node, max_in_flight=1) as p:
+        # A batch leaves when the next record does not fit or at flush, not after a 1 ms linger: the
+        # refused pair is then one batch. (CI once sent the first record alone after the linger, a
+        # slow moment between the two sends, and the second was delivered.)
+        async with small_batches(node, max_in_flight=1, linger_ms=10_000) as p:
             first = [await p.send("t", f"value-{i:04d}") for i in range(2)]
             await p.flush()
             node.faults.append(InvalidRequestError(42201, "refused"))
