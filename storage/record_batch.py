@@ -381,7 +381,7 @@ def stamp_prefix(batch: bytes | bytearray | memoryview, base_offset: int, leader
 def stamped_batch(batch: bytes | bytearray | memoryview, base_offset: int, leader_epoch: int) -> bytes:
     """One whole batch as the leader's log writes it: `stamp_prefix` in place of its first 17 bytes."""
     view = memoryview(batch)
-    return b"".join((stamp_prefix(view, base_offset, leader_epoch), view[17:]))
+    return b"".join((stamp_prefix(view, base_offset, leader_epoch), view[_PREFIX.size :]))
 
 
 def decode_records(batch: bytes | bytearray | memoryview, header: BatchHeader | None = None) -> list[Record]:

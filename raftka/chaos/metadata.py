@@ -18,8 +18,9 @@ exists, a change or delete of one that does not) or the refusal was for another 
 an `info` may have applied at its place, at any later point, or not at all: its request may reach
 the controller after requests sent later (a link that held it back delivers it once it heals, and
 the next operation may go through another node), so it counts as concurrent with everything after
-it, and takes effect at most once. The final state must be one of the possible states; otherwise an acknowledged change was lost or something no one
-asked for happened, an anomaly reported with the name's operations.
+it, and takes effect at most once. The final state must be one of the possible states; otherwise an
+acknowledged change was lost or something no one asked for happened, an anomaly reported with the
+name's operations.
 """
 
 from __future__ import annotations
