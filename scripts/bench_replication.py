@@ -24,22 +24,25 @@ the last answer), p50/p99 request latency, failed requests, and the CPU seconds 
 the clients used (from /proc/<pid>/stat and the clients' own process time), plus the followers'
 replica fetch requests (from each node's /metrics). A round is one slice of each topic; rounds
 alternate their order (rf1 rf3, rf3 rf1, rf1 rf3 ...), for `--rounds` rounds at each client count of
-`--clients`. The summary gives rf3/rf1 from the same run (records over time, all rounds pooled) and
-whether RF=3 keeps at least 40% of the RF=1 throughput.
+`--clients`. The summary gives rf3/rf1 from the same run (records over time, all rounds pooled), a
+95% bootstrap interval of it (the rounds drawn again with replacement, each round kept as its pair
+of slices), and whether RF=3 keeps at least 40% of the RF=1 throughput (the pooled ratio).
 
 Why slices in the same client processes: on a shared machine the speed drifts by a third within a
 minute (in one run RF=1 went from 1.97 to 1.2 million records/s). Spawning the clients anew for each
 case put about a second between an rf1 case and the rf3 case it was compared with, and rf1 always went
 first. Here the two slices of a round are milliseconds apart, and the alternating order cancels a
-steady drift. It cannot cancel faster changes: single rounds still differ by 0.1-0.2, so read the
-pooled ratio.
+steady drift. It cannot cancel faster changes: single rounds differ by 0.1-0.2 (their standard
+deviation was about 0.05 in 24 rounds at 2 clients), so read the pooled ratio. With 4 rounds, pooled
+ratios of one tree spread over 0.37-0.50 from run to run; the default of 10 rounds (30 s of each topic
+per client count, about 4 minutes with `--clients 1,2,4`) narrows that by about a third.
 
 At the end it checks that nothing was lost or duplicated: each partition's log end offset equals the
 records acknowledged for it, on every replica (each node's own log, from its /metrics, and the
 leader's view of its followers, `replica_log_end_offsets`), and the high watermark equals it too.
 
     .venv/bin/python scripts/bench_replication.py [--clients 2] [--seconds 3] [--in-flight 2]
-        [--rounds 4] [--acks all] [--encode once|each] [--keep]
+        [--rounds 10] [--acks all] [--encode once|each] [--keep]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import random
 import re
 import shutil
 import statistics
@@ -90,6 +94,8 @@ SETTLE_TIMEOUT_S = 30.0
 CLIENT_START_TIMEOUT_S = 60.0  # spawning a client and importing aiohttp, on a loaded machine
 REQUEST_TIMEOUT_S = 60.0  # above the node's 30 s acks=all timeout, so its own error comes back
 ERRORS_KEPT = 5  # distinct error messages each client reports
+RESAMPLES = 2000  # bootstrap resamples of the rounds for the ratio's interval
+INTERVAL = 0.95
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -441,21 +447,45 @@ def verify(cluster: LocalCluster, leaders: dict[str, list[str]], acked: dict[str
 # -- the run -----------------------------------------------------------------------------------------
 
 
+def pooled_rates(rounds: list[tuple[dict, dict]]) -> dict[str, float]:
+    """Records/s of each topic over (rf1 slice, rf3 slice) pairs: its records over its time, pooled."""
+    rates = {}
+    for i, topic in enumerate(TOPICS):
+        elapsed = sum(pair[i]["elapsed_s"] for pair in rounds)
+        rates[topic] = sum(pair[i]["records"] for pair in rounds) / elapsed if elapsed > 0 else 0.0
+    return rates
+
+
+def pooled_ratio(rounds: list[tuple[dict, dict]]) -> float:
+    rates = pooled_rates(rounds)
+    return rates["rf3"] / rates["rf1"] if rates["rf1"] else 0.0
+
+
+def ratio_interval(rounds: list[tuple[dict, dict]], seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval (INTERVAL) of the pooled ratio: rounds drawn again with replacement,
+    RESAMPLES times; a round stays a pair, so the drift both its slices saw stays in it."""
+    draw = random.Random(seed)
+    ratios = sorted(pooled_ratio(draw.choices(rounds, k=len(rounds))) for _ in range(RESAMPLES))
+    tail = (1 - INTERVAL) / 2
+    return ratios[int(tail * (RESAMPLES - 1))], ratios[int((1 - tail) * (RESAMPLES - 1))]
+
+
 def summarize(results: list[dict], client_counts: list[int], acks: str) -> bool:
     """Print rf3/rf1 per client count (records over time, all rounds pooled, and per round); whether
     every client count met the goal."""
-    print("\nsummary: rf3 / rf1 throughput, same run (all rounds pooled; per round in brackets)")
+    print(
+        "\nsummary: rf3 / rf1 throughput, same run (all rounds pooled; a bootstrap interval over the "
+        "rounds; per round in brackets)"
+    )
     met_all = True
     for clients in client_counts:
         rows = {t: [r for r in results if r["clients"] == clients and r["topic"] == t] for t in TOPICS}
-        pooled = {
-            t: sum(r["records"] for r in rows[t]) / max(1e-9, sum(r["elapsed_s"] for r in rows[t]))
-            for t in TOPICS
-        }
-        ratio = pooled["rf3"] / pooled["rf1"] if pooled["rf1"] else 0.0
+        rounds = list(zip(rows["rf1"], rows["rf3"], strict=True))
+        pooled = pooled_rates(rounds)
+        ratio = pooled_ratio(rounds)
+        low, high = ratio_interval(rounds)
         per_round = ", ".join(
-            f"{b['records_s'] / a['records_s']:.2f}" if a["records_s"] else "-"
-            for a, b in zip(rows["rf1"], rows["rf3"], strict=True)
+            f"{b['records_s'] / a['records_s']:.2f}" if a["records_s"] else "-" for a, b in rounds
         )
         p50 = {t: statistics.median(r["p50_ms"] for r in rows[t]) for t in TOPICS}
         p99 = {t: max(r["p99_ms"] for r in rows[t]) for t in TOPICS}
@@ -464,7 +494,8 @@ def summarize(results: list[dict], client_counts: list[int], acks: str) -> bool:
         print(
             f"  {clients} client(s): rf1 {pooled['rf1']:,.0f} records/s (p50 {p50['rf1']:.1f} ms, p99 max "
             f"{p99['rf1']:.1f} ms), rf3 {pooled['rf3']:,.0f} records/s (p50 {p50['rf3']:.1f} ms, p99 max "
-            f"{p99['rf3']:.1f} ms): rf3/rf1 = {ratio:.2f} [{per_round}] "
+            f"{p99['rf3']:.1f} ms): rf3/rf1 = {ratio:.2f} ({INTERVAL:.0%} interval {low:.2f}-{high:.2f}) "
+            f"[{per_round}] "
             + (
                 f"(goal >= {GOAL_RATIO:.2f}): {'goal met' if met else 'goal NOT met'}"
                 if acks == "all"
@@ -490,7 +521,7 @@ def main() -> None:
     parser.add_argument("--clients", default="2", help="client process counts, e.g. 1,2,4")
     parser.add_argument("--seconds", type=float, default=3.0, help="produce time per slice")
     parser.add_argument("--in-flight", type=int, default=2, help="requests in flight per client")
-    parser.add_argument("--rounds", type=int, default=4, help="slices of each topic per client count")
+    parser.add_argument("--rounds", type=int, default=10, help="slices of each topic per client count")
     parser.add_argument("--acks", default="all", choices=("all", "1"))
     parser.add_argument("--encode", default="once", choices=("once", "each"), help="see the module notes")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and node logs")
