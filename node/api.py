@@ -30,9 +30,10 @@ from metadata.commands import (
 from metadata.controller import plan_alter_partition
 from metadata.image import NO_LEADER, TopicInfo
 from metadata.topic_config import effective_configs
+from node import replica_stream
 from node.avro_json import avro_decoder, schema_lookup
 from node.errors import ApiError, refuse_unknown_fields
-from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, ReplicaFetchRequest, encode_fetch_response
+from node.fetcher import ReplicaFetchRequest, encode_fetch_response, fetch_response_parts
 from node.forward import FORWARDED_HEADER, METADATA_VERSION_HEADER, ForwardTo, call, forward, is_forwarded
 from node.openapi import openapi_document
 from node.records import ProducerFields, check_producer_fields, parse_produce_body, record_to_json
@@ -144,7 +145,7 @@ class Handlers:
     def __init__(self, node):
         self.node = node
         self._sticky = itertools.count()
-        self._streams: set[web.WebSocketResponse] = set()
+        self._streams: set[replica_stream.LeaderStream] = set()
 
     @property
     def replicas(self):
@@ -702,8 +703,11 @@ class Handlers:
             wanted,
         )
 
-    async def answer_replica_fetch(self, fetch: ReplicaFetchRequest) -> bytes:
-        """The binary answer (node/fetcher.py), parked until a partition has data or max_wait_ms passes."""
+    async def answer_replica_fetch(
+        self, fetch: ReplicaFetchRequest
+    ) -> list[tuple[str, int, ReplicaFetchResult]]:
+        """Each partition's answer (node/fetcher.py encodes them), parked until a partition has data
+        or max_wait_ms passes."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + fetch.max_wait_ms / 1000
@@ -736,56 +740,44 @@ class Handlers:
                 break
             await wait_for_append(waits, remaining)
         self.node.metrics.replica_fetches.observe(loop.time() - started)
-        return encode_fetch_response(answers)
+        return answers
 
     async def replica_fetch(self, request: web.Request) -> web.Response:
         """One follower fetch over plain HTTP (tools and tests; the followers use `replica_stream`)."""
         fetch = self.parse_replica_fetch(await read_json_object(request))
-        body = await self.answer_replica_fetch(fetch)
+        body = encode_fetch_response(await self.answer_replica_fetch(fetch))
         return web.Response(body=body, content_type="application/octet-stream")
 
     async def replica_stream(self, request: web.Request) -> web.StreamResponse:
-        """A follower's replication connection: a WebSocket carrying one fetch after another.
-
-        Each binary message from the follower is a fetch document (as `replica_fetch` takes); each
-        answer is one binary message in the format of `encode_fetch_response`, sent when it is ready,
-        so the connection alternates strictly: fetch, answer, fetch, answer. A bad fetch closes the
-        connection with code 4422 and the error as the reason.
-        """
-        ws = web.WebSocketResponse(max_msg_size=self.node.config.max_request_bytes, compress=False)
-        await ws.prepare(request)
-        self._streams.add(ws)
+        """A follower's replication connection (node/replica_stream.py): after the upgrade, one fetch
+        frame after another, each answered when it is ready, so the connection alternates strictly:
+        fetch, answer, fetch, answer. A bad fetch gets a REFUSED frame with its error code and
+        message, and the connection ends."""
+        stream = await replica_stream.accept(request, self.node.config.max_request_bytes)
+        self._streams.add(stream)
         try:
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.BINARY:
-                    await ws.close(
-                        code=STREAM_BAD_FETCH, message=b"42201: replica fetches are binary messages"
-                    )
-                    break
+            while True:
                 try:
-                    document = orjson.loads(message.data)
-                    fetch = self.parse_replica_fetch(document)
+                    document = await stream.next_fetch()
+                    if document is None:
+                        break  # the follower went away
+                    fetch = self.parse_replica_fetch(orjson.loads(document))
                 except orjson.JSONDecodeError as exc:
-                    reason = f"40001: a replica fetch is not valid JSON: {exc}"
-                    await ws.close(code=STREAM_BAD_FETCH, message=reason.encode()[:120])
+                    stream.refuse(ApiError(40001, f"a replica fetch is not valid JSON: {exc}"))
                     break
                 except ApiError as error:
-                    reason = f"{error.error_code}: {error.message}"
-                    await ws.close(code=STREAM_BAD_FETCH, message=reason.encode()[:120])
+                    stream.refuse(error)
                     break
-                answer = await self.answer_replica_fetch(fetch)
-                try:
-                    await ws.send_bytes(answer)
-                except ConnectionResetError:
-                    break  # the follower went away while its fetch was parked
+                await stream.send_answer(fetch_response_parts(await self.answer_replica_fetch(fetch)))
         finally:
-            self._streams.discard(ws)
-        return ws
+            self._streams.discard(stream)
+            stream.close()
+        return stream.response
 
     async def close_streams(self, app: web.Application) -> None:
         """On shutdown: end every follower's replication connection (they reconnect elsewhere)."""
-        for ws in list(self._streams):
-            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node stopping")
+        for stream in list(self._streams):
+            stream.close()
 
     async def alter_partition(self, request: web.Request) -> web.Response:
         """A leader asks the controller for a new ISR (Kafka's AlterPartition)."""
@@ -915,7 +907,7 @@ def build_app(node) -> web.Application:
 
     add_registry_routes(app, node, h)
     app.router.add_post("/v1/internal/replica/fetch", h.replica_fetch)
-    app.router.add_get(STREAM_PATH, h.replica_stream)
+    app.router.add_get(replica_stream.STREAM_PATH, h.replica_stream)
     app.on_shutdown.append(h.close_streams)
     app.router.add_post("/v1/internal/alter-partition", h.alter_partition)
     app.router.add_post("/v1/topics", h.create_topic)

@@ -3,26 +3,27 @@
 Theory of operation
 -------------------
 For each leader that leads partitions this node follows there is one task and one connection (one
-connection per follower per leader), carrying every partition followed from that leader: a WebSocket
-to the leader's `GET /v1/internal/replica/stream`. On it the follower sends one fetch at a time (a
-binary message: JSON with each partition's fetch offset (its log end offset), the epoch of its last
-batch and the leader epoch this node knows) and waits for its answer; the leader parks the fetch
-until it has data or `replica_fetch_wait_max_ms` passes. The answer is one binary message
-(`encode_fetch_response`): a length-prefixed JSON head with each partition's high watermark, log
-start offset, error or diverging epoch and data size, then the partitions' raw batches back to back.
-Each partition's part goes to `Partition.apply_from_leader`, which appends the batches without
-decoding them (checksums checked), truncates on divergence, and takes the high watermark and log
-start offset. All decisions are in node/replication.py; this module only moves bytes.
+connection per follower per leader), carrying every partition followed from that leader: the replica
+stream (node/replica_stream.py), an upgrade of a connection to the leader's HTTP port
+(`GET /v1/internal/replica/stream`). On it the follower sends one fetch at a time (a fetch frame:
+JSON with each partition's fetch offset (its log end offset), the epoch of its last batch and the
+leader epoch this node knows) and waits for its answer; the leader parks the fetch until it has data
+or `replica_fetch_wait_max_ms` passes. The answer is one frame (`encode_fetch_response`): a
+length-prefixed JSON head with each partition's high watermark, log start offset, error or diverging
+epoch and data size, then the partitions' raw batches back to back. Each partition's part goes to
+`Partition.apply_from_leader`, which appends the batches without decoding them (checksums checked),
+truncates on divergence, and takes the high watermark and log start offset. All decisions are in
+node/replication.py; this module only moves bytes.
 
-Why a WebSocket and not a POST per fetch: a follower fetches about once per produced batch, and a
+Why a connection and not a POST per fetch: a follower fetches about once per produced batch, and a
 full HTTP exchange cost about three times the framing of one message each way on the same machine
 (docs/performance.md, "Replication transport"). The same fetch also works as a plain
 `POST /v1/internal/replica/fetch` for tools and tests.
 
 `reconcile()` runs after every metadata change: tasks start for new leaders and end for leaders this
-node no longer follows. A failed connection or a leader that moved to another address closes the
-connection; the task backs off for `BACKOFF_S` and connects again (the leader may be gone: the
-controller will elect another and the metadata will say so). A fetch unanswered for
+node no longer follows. A failed connection, a refused fetch or a leader that moved to another
+address closes the connection; the task backs off for `BACKOFF_S` and connects again (the leader may
+be gone: the controller will elect another and the metadata will say so). A fetch unanswered for
 `ANSWER_GRACE_S` past its long-poll is noticed by a watchdog that looks every `WATCHDOG_S`: it
 replaces the task, whose connection closes as it ends, by a new one that connects after
 `BACKOFF_S`. (One timer per node rather than a receive timeout per fetch: a timeout costs a timer
@@ -39,11 +40,10 @@ import logging
 import struct
 from typing import NamedTuple
 
-import aiohttp
 import orjson
 
-from node.forward import FORWARDED_HEADER
 from node.replica import ReplicaFetchResult
+from node.replica_stream import FollowerStream
 from node.replication import Diverging
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,8 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 0.2
 ANSWER_GRACE_S = 10.0  # how long past its long-poll a fetch may go unanswered before reconnecting
 WATCHDOG_S = 1.0  # how often the unanswered fetches are looked for
-CLOSE_TIMEOUT_S = 1.0  # how long closing a connection waits for the leader's close frame
+CONNECT_TIMEOUT_S = 5.0  # connecting and switching to the replica stream
 _HEAD_LENGTH = struct.Struct(">I")
-STREAM_PATH = "/v1/internal/replica/stream"
-STREAM_BAD_FETCH = 4422  # WebSocket close code: the leader refused a fetch (reason: code and message)
 
 
 class ReplicaFetchRequest(NamedTuple):
@@ -68,6 +66,12 @@ class ReplicaFetchRequest(NamedTuple):
 
 
 def encode_fetch_response(entries: list[tuple[str, int, ReplicaFetchResult]]) -> bytes:
+    return b"".join(fetch_response_parts(entries))
+
+
+def fetch_response_parts(entries: list[tuple[str, int, ReplicaFetchResult]]) -> list:
+    """The answer as the pieces that go back to back: the head's length, the head, each partition's
+    batches (the replica stream joins them into its frame with no other copy)."""
     head = []
     for topic, index, result in entries:
         head.append(
@@ -85,12 +89,12 @@ def encode_fetch_response(entries: list[tuple[str, int, ReplicaFetchResult]]) ->
             }
         )
     encoded = orjson.dumps({"partitions": head})
-    return b"".join([_HEAD_LENGTH.pack(len(encoded)), encoded, *(r.data for _, _, r in entries)])
+    return [_HEAD_LENGTH.pack(len(encoded)), encoded, *(r.data for _, _, r in entries)]
 
 
-def decode_fetch_response(body: bytes) -> list[tuple[str, int, ReplicaFetchResult]]:
-    """The partitions of a leader's answer. Each one's `data` is a memoryview into `body`: the batches
-    go to the log as they arrived, without a copy."""
+def decode_fetch_response(body) -> list[tuple[str, int, ReplicaFetchResult]]:
+    """The partitions of a leader's answer (bytes or a memoryview). Each one's `data` is a memoryview
+    into `body`: the batches go to the log as they arrived, without a copy."""
     view = memoryview(body)
     (length,) = _HEAD_LENGTH.unpack_from(view, 0)
     head = orjson.loads(view[4 : 4 + length])
@@ -173,7 +177,7 @@ class ReplicaFetcher:
 
     async def _run(self, leader_id: int, delay_s: float = 0.0) -> None:
         failures = 0
-        ws: aiohttp.ClientWebSocketResponse | None = None
+        stream: FollowerStream | None = None
         address = None
         if delay_s:
             await asyncio.sleep(delay_s)
@@ -187,11 +191,14 @@ class ReplicaFetcher:
                     await asyncio.sleep(BACKOFF_S)
                     continue
                 try:
-                    if ws is None or ws.closed or address != broker.address:
-                        await _close(ws)
-                        ws, address = None, broker.address
-                        ws = await self._connect(address)
-                    await self._fetch_once(leader_id, ws, partitions)
+                    if stream is None or stream.closed or address != broker.address:
+                        if stream is not None:
+                            stream.close()
+                        stream, address = None, broker.address
+                        stream = await FollowerStream.open(
+                            self.node.config.dial(address), self.node.config.node_id, CONNECT_TIMEOUT_S
+                        )
+                    await self._fetch_once(leader_id, stream, partitions)
                     failures = 0
                 except asyncio.CancelledError:
                     raise
@@ -200,25 +207,15 @@ class ReplicaFetcher:
                     self._answer_due.pop(leader_id, None)
                     if failures == 1 or failures % 50 == 0:
                         log.info("fetch from leader %d failed (%s); retrying", leader_id, exc)
-                    await _close(ws)
-                    ws = None
+                    if stream is not None:
+                        stream.close()
+                    stream = None
                     await asyncio.sleep(BACKOFF_S)
         finally:
-            if ws is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(_close(ws))
+            if stream is not None:
+                stream.close()
 
-    async def _connect(self, address: str) -> aiohttp.ClientWebSocketResponse:
-        return await self.node.http.ws_connect(
-            f"http://{self.node.config.dial(address)}{STREAM_PATH}",
-            headers={FORWARDED_HEADER: str(self.node.config.node_id)},
-            max_msg_size=0,  # a leader's answer holds up to replica_fetch_max_bytes per partition
-            compress=0,
-            autoping=True,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
-        )
-
-    async def _fetch_once(self, leader_id: int, ws: aiohttp.ClientWebSocketResponse, partitions) -> None:
+    async def _fetch_once(self, leader_id: int, stream: FollowerStream, partitions) -> None:
         config = self.node.config
         wanted = {}
         request = []
@@ -245,15 +242,11 @@ class ReplicaFetcher:
         }
         due = asyncio.get_running_loop().time() + config.replica_fetch_wait_max_ms / 1000 + ANSWER_GRACE_S
         self._answer_due[leader_id] = due
-        await ws.send_bytes(orjson.dumps(document))
-        message = await ws.receive()  # no timeout of its own: the watchdog looks after it
+        answer = await stream.exchange(orjson.dumps(document))  # no timeout: the watchdog looks after it
         if self._answer_due.get(leader_id) == due:
             del self._answer_due[leader_id]
-        if message.type != aiohttp.WSMsgType.BINARY:
-            detail = message.extra or ws.close_code
-            raise RuntimeError(f"the leader ended the replica stream ({message.type.name}: {detail})")
         fenced = False
-        for topic, index, result in decode_fetch_response(message.data):
+        for topic, index, result in decode_fetch_response(answer):
             partition = wanted.get((topic, index))
             if partition is None or self.node.replicas.partitions.get((topic, index)) is not partition:
                 continue  # the replica went away meanwhile
@@ -267,9 +260,3 @@ class ReplicaFetcher:
                 fenced = True
         if fenced:
             await asyncio.sleep(BACKOFF_S)
-
-
-async def _close(ws: aiohttp.ClientWebSocketResponse | None) -> None:
-    if ws is not None and not ws.closed:
-        with contextlib.suppress(Exception):
-            await ws.close()

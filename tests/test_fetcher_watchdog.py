@@ -1,20 +1,21 @@
 """node/fetcher.py: a follower whose fetch goes unanswered reconnects; one that is answered does not.
 
-A stand-in leader (an aiohttp WebSocket endpoint at the replica stream's path) either never answers
-or answers every fetch with an empty result; the fetcher runs against it with a short grace."""
+A stand-in leader (an aiohttp endpoint at the replica stream's path that accepts the upgrade as the
+node does) either never answers or answers every fetch with an empty result; the fetcher runs
+against it with a short grace."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from node import fetcher
-from node.fetcher import STREAM_PATH, ReplicaFetcher, encode_fetch_response
+from node import fetcher, replica_stream
+from node.fetcher import ReplicaFetcher, fetch_response_parts
 from node.replica import ReplicaFetchResult
+from node.replica_stream import STREAM_PATH
 
 
 class FakePartition:
@@ -38,16 +39,14 @@ async def run_against(answer: bool, seconds: float) -> tuple[int, int, FakeParti
 
     async def stream(request):
         seen["connections"] += 1
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.BINARY:
-                break
+        leader = await replica_stream.accept(request, 1 << 20)
+        while await leader.next_fetch() is not None:
             seen["fetches"] += 1
             if answer:
                 await asyncio.sleep(0.05)  # a long-poll that ends with nothing new
-                await ws.send_bytes(encode_fetch_response([("t", 0, ReplicaFetchResult(b"", 0, 0, 0))]))
-        return ws
+                await leader.send_answer(fetch_response_parts([("t", 0, ReplicaFetchResult(b"", 0, 0, 0))]))
+        leader.close()
+        return leader.response
 
     app = web.Application()
     app.router.add_get(STREAM_PATH, stream)
@@ -57,22 +56,20 @@ async def run_against(answer: bool, seconds: float) -> tuple[int, int, FakeParti
     await site.start()
     port = runner.addresses[0][1]
     partition = FakePartition()
-    async with aiohttp.ClientSession() as http:
-        node = SimpleNamespace(
-            config=SimpleNamespace(
-                node_id=2, dial=lambda a: a, replica_fetch_wait_max_ms=50, replica_fetch_max_bytes=1 << 20
-            ),
-            replicas=SimpleNamespace(followed=lambda: {1: [partition]}, partitions={("t", 0): partition}),
-            store=SimpleNamespace(
-                image=SimpleNamespace(brokers={1: SimpleNamespace(address=f"127.0.0.1:{port}")})
-            ),
-            lifecycle=SimpleNamespace(broker_epoch=7),
-            http=http,
-        )
-        replica_fetcher = ReplicaFetcher(node)
-        replica_fetcher.reconcile()
-        await asyncio.sleep(seconds)
-        await replica_fetcher.stop()
+    node = SimpleNamespace(
+        config=SimpleNamespace(
+            node_id=2, dial=lambda a: a, replica_fetch_wait_max_ms=50, replica_fetch_max_bytes=1 << 20
+        ),
+        replicas=SimpleNamespace(followed=lambda: {1: [partition]}, partitions={("t", 0): partition}),
+        store=SimpleNamespace(
+            image=SimpleNamespace(brokers={1: SimpleNamespace(address=f"127.0.0.1:{port}")})
+        ),
+        lifecycle=SimpleNamespace(broker_epoch=7),
+    )
+    replica_fetcher = ReplicaFetcher(node)
+    replica_fetcher.reconcile()
+    await asyncio.sleep(seconds)
+    await replica_fetcher.stop()
     await runner.cleanup()
     return seen["connections"], seen["fetches"], partition
 

@@ -12,7 +12,9 @@ import aiohttp
 import orjson
 import pytest
 
-from node.fetcher import STREAM_BAD_FETCH, STREAM_PATH, decode_fetch_response
+from node import replica_stream
+from node.fetcher import decode_fetch_response
+from node.replica_stream import STREAM_PATH, FollowerStream, StreamError
 from raftka.partitioner import partition_for_key
 from storage.record_batch import NewRecord, decode_batches, encode_batch
 from tests.nodeproc import NodeProcess
@@ -725,15 +727,37 @@ BAD_INPUT = [
 ]
 
 
-def test_replica_stream_answers_fetches_and_closes_on_bad_ones(node):
-    """The followers' replication connection (node/fetcher.py): fetch after fetch on one WebSocket,
-    binary answers; a bad fetch ends the connection with code 4422 and the error as its reason."""
+async def raw_stream(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection switched to the replica stream by hand, to send what the node's own client never
+    would."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n"
+        f"Upgrade: {replica_stream.PROTOCOL}\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert f"upgrade: {replica_stream.PROTOCOL}".encode() in head.lower(), head
+    return reader, writer
+
+
+async def refusal(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    """(kind, reason) of the frame the node sent, and what followed it before the connection ended."""
+    kind, length = replica_stream.HEADER.unpack(await asyncio.wait_for(reader.readexactly(5), 10))
+    reason = orjson.loads(await reader.readexactly(length))
+    return kind, reason, await asyncio.wait_for(reader.read(), 10)
+
+
+def test_replica_stream_answers_fetches_and_refuses_bad_ones(node):
+    """The followers' replication connection (node/replica_stream.py): fetch after fetch on one
+    upgraded connection, each answered by one frame; a bad fetch gets a REFUSED frame with its error
+    code and message, and the node closes the connection."""
     create(node, "stream")
     status, body, _ = node.request(
         "POST", "/v1/topics/stream/records", {"records": [{"value": "one"}, {"value": "two"}]}
     )
     assert status == 200, body
-    url = f"http://{node.address}{STREAM_PATH}"
 
     def fetch(offset, wait_ms=0):
         entry = {"topic": "stream", "partition": 0, "fetch_offset": offset}
@@ -741,23 +765,31 @@ def test_replica_stream_answers_fetches_and_closes_on_bad_ones(node):
         return {"replica_id": 9, "max_wait_ms": wait_ms, "partitions": [entry]}
 
     async def session():
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(url) as ws:
-                answers = []
-                for offset in (0, 1, 2):
-                    await ws.send_bytes(orjson.dumps(fetch(offset)))
-                    message = await ws.receive(timeout=10)
-                    assert message.type == aiohttp.WSMsgType.BINARY, message
-                    answers.append(decode_fetch_response(message.data))
-            closes = []
-            for bad in (b"{not json", orjson.dumps({"replica_id": 9}), "text"):
-                async with http.ws_connect(url) as ws:
-                    await (ws.send_str(bad) if isinstance(bad, str) else ws.send_bytes(bad))
-                    message = await ws.receive(timeout=10)
-                    closes.append((message.type, ws.close_code, message.extra))
-            return answers, closes
+        stream = await FollowerStream.open(node.address, 9, 10)
+        try:
+            answers = [
+                decode_fetch_response(await stream.exchange(orjson.dumps(fetch(o)))) for o in (0, 1, 2)
+            ]
+        finally:
+            stream.close()
+        refused = []
+        for bad in (b"{not json", orjson.dumps({"replica_id": 9})):
+            stream = await FollowerStream.open(node.address, 9, 10)
+            with pytest.raises(StreamError) as caught:
+                await stream.exchange(bad)
+            refused.append(str(caught.value))
+            stream.close()
+        reader, writer = await raw_stream(node.address)  # a frame of another kind than a fetch
+        writer.write(replica_stream.frame(replica_stream.ANSWER, [b"{}"]))
+        refused.append(await refusal(reader))
+        writer.close()
+        reader, writer = await raw_stream(node.address)  # a fetch over --max-request-bytes (200000)
+        writer.write(replica_stream.HEADER.pack(replica_stream.FETCH, 200_001))
+        refused.append(await refusal(reader))
+        writer.close()
+        return answers, refused
 
-    answers, closes = asyncio.run(session())
+    answers, refused = asyncio.run(session())
     values = []
     for answer in answers:
         [(topic, index, result)] = answer
@@ -765,17 +797,39 @@ def test_replica_stream_answers_fetches_and_closes_on_bad_ones(node):
         values.append([r.value for r in decode_batches(result.data)])
     assert values[0] == [b'"one"', b'"two"']  # the whole batch holding offset 0 (JSON values)
     assert values[2] == []  # at the log end: nothing (max_wait_ms 0)
-    assert [c[:2] for c in closes] == [(aiohttp.WSMsgType.CLOSE, STREAM_BAD_FETCH)] * 3
-    assert closes[0][2].startswith("40001: a replica fetch is not valid JSON"), closes
-    assert closes[1][2].startswith("42201:") and "partitions" in closes[1][2], closes
-    assert closes[2][2] == "42201: replica fetches are binary messages", closes
+    assert refused[0].startswith("the leader refused the fetch: 40001: a replica fetch is not valid JSON")
+    assert refused[1].startswith("the leader refused the fetch: 42201:") and "partitions" in refused[1]
+    kind, reason, after = refused[2]
+    assert (kind, reason["error_code"], after) == (replica_stream.REFUSED, 42201, b"")
+    assert reason["message"] == "a follower sends fetch frames (kind 1), not kind 2"
+    kind, reason, after = refused[3]
+    assert (kind, reason["error_code"], after) == (replica_stream.REFUSED, 41301, b"")
+    assert reason["message"] == "a replica fetch of 200001 bytes is over the limit of 200000"
     assert leo(node, "stream") == 2
 
 
+def test_replica_stream_needs_the_upgrade(node):
+    """Without 'Upgrade: raftka-replica/1' the path is an ordinary HTTP error (426, 42601), and a
+    client that asks for it gets a StreamError naming the answer."""
+    status, body, _ = node.request("GET", STREAM_PATH)
+    assert status == 426 and body["error_code"] == 42601, body
+    assert replica_stream.PROTOCOL in body["message"]
+
+    async def websocket_client():
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(f"http://{node.address}{STREAM_PATH}")
+            return caught.value.status
+
+    assert asyncio.run(websocket_client()) == 426
+    status, body, _ = node.request("GET", "/livez")  # the node goes on serving
+    assert status == 200
+
+
 def test_replica_stream_carries_large_answers_whole_and_wakes_parked_fetches(node):
-    """Answers of 125-260 KB (the 8-byte length form of a WebSocket frame, which aiohttp writes as
-    header and payload apart): a follower reads every batch back, and a fetch parked at the log end
-    gets the next one."""
+    """Answers of 125-260 KB (a socket read may hold part of one: tests/test_replica_stream.py splits
+    frames everywhere): a follower reads every batch back, and a fetch parked at the log end gets the
+    next one."""
     create(node, "stream-big")
     path = "/v1/topics/stream-big/partitions/0/records"
 
@@ -786,7 +840,6 @@ def test_replica_stream_carries_large_answers_whole_and_wakes_parked_fetches(nod
     for tag in ("a", "b"):
         status, body, _ = node.request("POST", path, big_batch(tag), {"Content-Type": BATCH})
         assert status == 200, body
-    url = f"http://{node.address}{STREAM_PATH}"
 
     def fetch(offset, wait_ms=0):
         entry = {"topic": "stream-big", "partition": 0, "fetch_offset": offset}
@@ -794,25 +847,27 @@ def test_replica_stream_carries_large_answers_whole_and_wakes_parked_fetches(nod
         return {"replica_id": 9, "max_wait_ms": wait_ms, "max_bytes": 1 << 20, "partitions": [entry]}
 
     async def session():
-        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-            await ws.send_bytes(orjson.dumps(fetch(0)))
-            first = await ws.receive(timeout=10)
-            await ws.send_bytes(orjson.dumps(fetch(2000, wait_ms=10_000)))  # parked at the end
+        stream = await FollowerStream.open(node.address, 9, 10)
+        try:
+            first = await asyncio.wait_for(stream.exchange(orjson.dumps(fetch(0))), 10)
+            parked = asyncio.ensure_future(stream.exchange(orjson.dumps(fetch(2000, wait_ms=10_000))))
             await asyncio.sleep(0.2)
+            assert not parked.done()  # parked at the log end
             status, body, _ = await asyncio.to_thread(
                 node.request, "POST", path, big_batch("c"), {"Content-Type": BATCH}
             )
             assert status == 200, body
-            second = await ws.receive(timeout=10)
-            return first, second
+            second = await asyncio.wait_for(parked, 10)
+        finally:
+            stream.close()
+        return first, second
 
     first, second = asyncio.run(session())
-    assert first.type == second.type == aiohttp.WSMsgType.BINARY
-    assert len(first.data) > 250_000 and len(second.data) > 125_000
-    [(_, _, both)] = decode_fetch_response(first.data)
+    assert len(first) > 250_000 and len(second) > 125_000
+    [(_, _, both)] = decode_fetch_response(first)
     values = [r.value for r in decode_batches(both.data)]
     assert values == [b"a" * 100] * 1000 + [b"b" * 100] * 1000
-    [(_, _, third)] = decode_fetch_response(second.data)
+    [(_, _, third)] = decode_fetch_response(second)
     assert [r.offset for r in decode_batches(third.data)] == list(range(2000, 3000))
     assert {r.value for r in decode_batches(third.data)} == {b"c" * 100}
 
