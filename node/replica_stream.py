@@ -110,6 +110,14 @@ class FrameReader:
         return frames
 
 
+def upgrade_request(address: str, node_id: int) -> bytes:
+    """The follower's HTTP request that asks the leader at `address` to switch to the stream."""
+    return (
+        f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n"
+        f"Upgrade: {PROTOCOL}\r\n{FORWARDED_HEADER}: {node_id}\r\n\r\n"
+    ).encode()
+
+
 def frame(kind: int, parts: list) -> bytes:
     """One frame of `parts` (bytes-like) back to back, in one buffer (one write, one copy)."""
     return b"".join([HEADER.pack(kind, sum(len(p) for p in parts)), *parts])
@@ -261,12 +269,7 @@ class FollowerStream(asyncio.Protocol):
                     lambda: stream, host.strip("[]"), int(port)
                 )
                 assert stream._transport is not None
-                stream._transport.write(
-                    (
-                        f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n"
-                        f"Upgrade: {PROTOCOL}\r\n{FORWARDED_HEADER}: {node_id}\r\n\r\n"
-                    ).encode()
-                )
+                stream._transport.write(upgrade_request(address, node_id))
                 await stream._upgraded
         except BaseException:
             stream.close()

@@ -41,6 +41,8 @@ from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_replication import process_cpu_s  # scripts/ is not a package: this script's folder
+
 from node import replica_stream
 from node.memory import tune_malloc
 from node.replica_stream import FollowerStream
@@ -65,7 +67,6 @@ DOCUMENT = orjson.dumps(
 )
 TRANSPORTS = ("post", "websocket", "stream")
 WARM_UP = 50
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server (the leader's end) -----------------------------------------------------------------
@@ -114,12 +115,6 @@ def server_process(answer: bytes, ports, stop) -> None:
         await runner.cleanup()
 
     asyncio.run(main())
-
-
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # -- the client (the follower's end) ---------------------------------------------------------------

@@ -732,10 +732,7 @@ async def raw_stream(address: str) -> tuple[asyncio.StreamReader, asyncio.Stream
     would."""
     host, _, port = address.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n"
-        f"Upgrade: {replica_stream.PROTOCOL}\r\n\r\n".encode()
-    )
+    writer.write(replica_stream.upgrade_request(address, 9))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 101 "), head
     assert f"upgrade: {replica_stream.PROTOCOL}".encode() in head.lower(), head

@@ -205,10 +205,7 @@ def test_fetches_sent_without_waiting_are_all_answered_in_order():
     async def client(address):
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            f"GET {replica_stream.STREAM_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n"
-            f"Upgrade: {replica_stream.PROTOCOL}\r\n\r\n".encode()
-        )
+        writer.write(replica_stream.upgrade_request(address, 4))
         await reader.readuntil(b"\r\n\r\n")
         for first in range(0, 50, 10):
             writer.write(b"".join(frame(FETCH, [b"fetch-%02d" % i]) for i in range(first, first + 10)))
